@@ -1,0 +1,186 @@
+"""Training configuration: dataclasses read from YAML; unknown keys are an error.
+
+Relative data paths are resolved against ``data.root``, which is itself relative to the
+directory of the config file (default ``.``: the config file's directory). The example
+configs in ``training/configs/`` set ``root: ../..`` (the repository root), so their
+paths read like ``../shared/data/...`` from the repository and work from any CWD.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Type, TypeVar, Union
+
+import yaml
+
+from transip_openmm.model import ModelConfig
+from transip_openmm.training.objectives import SYMMETRY_MODES
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """The training configuration is invalid."""
+
+
+@dataclass
+class DataConfig:
+    """Data files and batching.
+
+    ``train``: files to train on. ``val``: validation files; if empty, a family-disjoint
+    split of ``train`` with ``val_fraction``. ``max_train`` / ``max_val``: optional caps
+    (first structures after the split, for quick runs). ``elements``: atomic numbers the
+    model supports (default: those in the training data).
+    """
+
+    train: List[str] = field(default_factory=list)
+    val: List[str] = field(default_factory=list)
+    root: str = "."
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    max_atoms_per_batch: int = 512
+    max_train: Optional[int] = None
+    max_val: Optional[int] = None
+    elements: Optional[List[int]] = None
+
+
+@dataclass
+class ObjectiveConfig:
+    """Loss weights and the symmetry setting (``none | augment | transip``).
+
+    ``equiv_weight`` is λ; ``layers`` index the hidden states (0 = input tokens,
+    i = output of block i, negative from the end); ``temperature`` is the InfoNCE τ.
+    ``energy_scale``: ``residual`` (per-atom std of the least-squares residual),
+    ``force_rms`` or a number in eV.
+    """
+
+    symmetry: str = "none"
+    energy_weight: float = 1.0
+    force_weight: float = 10.0
+    equiv_weight: float = 0.1
+    layers: List[int] = field(default_factory=lambda: [-1])
+    temperature: float = 0.1
+    transform_hidden: int = 256
+    energy_scale: Union[str, float] = "residual"
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up and cosine decay to ``min_lr_ratio · lr``."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 100
+    max_steps: int = 2000
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 10.0
+    ema_decay: Optional[float] = None
+
+
+@dataclass
+class RunConfig:
+    """Logging, validation and checkpoint cadence (in optimiser steps)."""
+
+    log_every: int = 10
+    val_every: int = 200
+    checkpoint_every: int = 200
+    val_rotation_structures: int = 0
+    best_metric: str = "force_mae_meV_per_A"
+    device: str = "cpu"
+    threads: Optional[int] = None
+    progress: bool = True
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: Dict[str, Any] = field(default_factory=dict)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    #: directory of the config file (set on load; data.root is relative to it)
+    config_dir: str = "."
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    def model_config(self) -> ModelConfig:
+        try:
+            return ModelConfig.from_dict(self.model)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"model: {exc}") from exc
+
+    def resolve(self, path: str) -> Path:
+        """Absolute path of a data file named in the config."""
+        p = Path(path).expanduser()
+        if p.is_absolute():
+            return p
+        root = Path(self.data.root).expanduser()
+        if not root.is_absolute():
+            root = Path(self.config_dir) / root
+        return (root / p).resolve()
+
+    def validate(self) -> None:
+        if self.objective.symmetry not in SYMMETRY_MODES:
+            raise ConfigError(f"objective.symmetry must be one of {SYMMETRY_MODES}, got {self.objective.symmetry!r}")
+        if not self.data.train:
+            raise ConfigError("data.train lists no files")
+        if self.optim.max_steps < 1:
+            raise ConfigError("optim.max_steps must be ≥ 1")
+        es = self.objective.energy_scale
+        if isinstance(es, str) and es not in ("residual", "force_rms"):
+            raise ConfigError(f"objective.energy_scale must be 'residual', 'force_rms' or a number, got {es!r}")
+        self.model_config()
+
+
+def _build(cls: Type[T], data: Any, where: str) -> T:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+    kwargs = {}
+    for name, value in data.items():
+        sub = _SECTIONS.get((cls, name))
+        kwargs[name] = _build(sub, value, f"{where}.{name}" if where else name) if sub else value
+    return cls(**kwargs)
+
+
+_SECTIONS = {
+    (TrainConfig, "data"): DataConfig,
+    (TrainConfig, "objective"): ObjectiveConfig,
+    (TrainConfig, "optim"): OptimConfig,
+    (TrainConfig, "run"): RunConfig,
+}
+
+
+def config_from_dict(data: Dict[str, Any], config_dir: Union[str, Path] = ".") -> TrainConfig:
+    """Build and validate a :class:`TrainConfig` (unknown keys raise :class:`ConfigError`)."""
+    data = dict(data or {})
+    data.setdefault("config_dir", str(Path(config_dir).resolve()))
+    cfg = _build(TrainConfig, data, "")
+    cfg.validate()
+    return cfg
+
+
+def load_config(path: Union[str, Path]) -> TrainConfig:
+    """Read a YAML training config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    return config_from_dict(data, path.parent)
+
+
+def save_config(cfg: TrainConfig, path: Union[str, Path]) -> None:
+    """Write the resolved config (every default filled in) as YAML."""
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)

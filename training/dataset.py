@@ -1,0 +1,141 @@
+"""The one dataset type of the training code: labelled molecules in model units.
+
+Every reader returns a :class:`MoleculeDataset`. Units: positions Å, energy eV,
+forces eV/Å, charge in e, multiplicity 2S+1. Each record remembers the file and the
+record index it came from, so a bad record can be reported precisely.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Iterable, List, Optional, Sequence
+
+import numpy as np
+
+from transip_openmm.model import MAX_ABS_CHARGE, MAX_ATOMIC_NUMBER, MAX_MULTIPLICITY
+
+
+class DataError(ValueError):
+    """A record of a data file is unusable (the message names the file and the record)."""
+
+
+@dataclass
+class Molecule:
+    """One labelled structure.
+
+    numbers (n,) int64; positions (n, 3) Å; energy eV; forces (n, 3) eV/Å;
+    charge total charge in e; multiplicity 2S+1; family key for splits;
+    source file and record index for error messages.
+    """
+
+    numbers: np.ndarray
+    positions: np.ndarray
+    energy: float
+    forces: np.ndarray
+    charge: int = 0
+    multiplicity: int = 1
+    family: str = ""
+    source: str = "<memory>"
+    index: int = 0
+
+    @property
+    def n_atoms(self) -> int:
+        return int(self.numbers.shape[0])
+
+    def where(self) -> str:
+        """``file, record i`` for error messages."""
+        return f"{self.source}, record {self.index}"
+
+
+def validate_molecule(mol: Molecule, elements: Optional[Sequence[int]] = None) -> None:
+    """Raise :class:`DataError` naming file and record if ``mol`` is unusable.
+
+    Checks shapes, finiteness, presence of forces, element range (and membership in
+    ``elements`` when given), charge and multiplicity range.
+    """
+    where = mol.where()
+    numbers = np.asarray(mol.numbers)
+    if numbers.ndim != 1 or numbers.shape[0] == 0:
+        raise DataError(f"{where}: atomic numbers must be a non-empty 1-D array, got shape {numbers.shape}")
+    n = numbers.shape[0]
+    if mol.positions is None or np.shape(mol.positions) != (n, 3):
+        raise DataError(f"{where}: positions have shape {np.shape(mol.positions)}, expected ({n}, 3)")
+    if mol.forces is None:
+        raise DataError(f"{where}: no forces")
+    if np.shape(mol.forces) != (n, 3):
+        raise DataError(f"{where}: forces have shape {np.shape(mol.forces)}, expected ({n}, 3)")
+    if mol.energy is None or not np.isfinite(mol.energy):
+        raise DataError(f"{where}: energy is missing or not finite ({mol.energy})")
+    if not np.all(np.isfinite(mol.positions)):
+        raise DataError(f"{where}: positions contain NaN or inf")
+    if not np.all(np.isfinite(mol.forces)):
+        raise DataError(f"{where}: forces contain NaN or inf")
+    if numbers.min() < 1 or numbers.max() > MAX_ATOMIC_NUMBER:
+        raise DataError(f"{where}: atomic numbers outside 1..{MAX_ATOMIC_NUMBER}: {sorted(set(numbers.tolist()))}")
+    if elements is not None:
+        bad = sorted(set(numbers.tolist()) - set(int(z) for z in elements))
+        if bad:
+            from ase.data import chemical_symbols
+
+            names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in bad)
+            raise DataError(f"{where}: element(s) {names} not among the model's elements {sorted(elements)}")
+    if abs(int(mol.charge)) > MAX_ABS_CHARGE:
+        raise DataError(f"{where}: total charge {mol.charge} outside ±{MAX_ABS_CHARGE}")
+    if not 1 <= int(mol.multiplicity) <= MAX_MULTIPLICITY:
+        raise DataError(f"{where}: multiplicity {mol.multiplicity} outside 1..{MAX_MULTIPLICITY}")
+
+
+@dataclass
+class MoleculeDataset:
+    """A list of :class:`Molecule` records with helpers for splits and statistics."""
+
+    molecules: List[Molecule] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.molecules)
+
+    def __getitem__(self, i: int) -> Molecule:
+        return self.molecules[i]
+
+    def __iter__(self):
+        return iter(self.molecules)
+
+    @classmethod
+    def concatenate(cls, parts: Iterable["MoleculeDataset"]) -> "MoleculeDataset":
+        mols: List[Molecule] = []
+        for part in parts:
+            mols.extend(part.molecules)
+        return cls(mols)
+
+    def subset(self, indices: Sequence[int]) -> "MoleculeDataset":
+        return MoleculeDataset([self.molecules[i] for i in indices])
+
+    def validate(self, elements: Optional[Sequence[int]] = None) -> None:
+        for mol in self.molecules:
+            validate_molecule(mol, elements)
+
+    @property
+    def n_atoms(self) -> np.ndarray:
+        """(M,) number of atoms per structure."""
+        return np.array([m.n_atoms for m in self.molecules], dtype=np.int64)
+
+    @property
+    def elements(self) -> List[int]:
+        """Sorted atomic numbers present."""
+        return sorted(set(int(z) for m in self.molecules for z in np.unique(m.numbers)))
+
+    @property
+    def families(self) -> List[str]:
+        return [m.family for m in self.molecules]
+
+    def content_hash(self) -> str:
+        """SHA-256 over numbers, positions, labels, charge and multiplicity (order-sensitive)."""
+        h = hashlib.sha256()
+        for m in self.molecules:
+            h.update(np.ascontiguousarray(m.numbers, dtype=np.int64).tobytes())
+            h.update(np.ascontiguousarray(m.positions, dtype=np.float64).tobytes())
+            h.update(np.float64(m.energy).tobytes())
+            h.update(np.ascontiguousarray(m.forces, dtype=np.float64).tobytes())
+            h.update(np.array([m.charge, m.multiplicity], dtype=np.int64).tobytes())
+        return h.hexdigest()
