@@ -1,0 +1,53 @@
+"""``transip export CKPT -o model.pt [--topology FILE] [--charge Q] [--multiplicity M] [--atoms SEL]``.
+
+Without ``--topology`` the file is generic: ``TransIPForce(path, topology)`` specialises it.
+With it, the system (ML atoms, their indices, charge, multiplicity) is baked in and
+``system.addForce(TransIPForce(path))`` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="training checkpoint (.ckpt)")
+    parser.add_argument("-o", "--output", required=True, help="exported TorchScript file to write")
+    parser.add_argument("--topology", help="structure file (PDB, mmCIF, XYZ) whose system is baked in")
+    parser.add_argument("--charge", type=int, default=0, help="total charge of the ML region (e)")
+    parser.add_argument("--multiplicity", type=int, default=1, help="spin multiplicity 2S+1 of the ML region")
+    parser.add_argument("--atoms", help="ML region: mdtraj selection, e.g. 'resname LIG' (default: all atoms)")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                        help="precision of the exported model (default float32)")
+    parser.add_argument("--no-ema", action="store_true", help="export the raw weights, not the EMA weights")
+
+
+def run(args: argparse.Namespace) -> int:
+    from transip_openmm.artifacts import load_checkpoint
+    from transip_openmm.export.exporter import export_checkpoint
+    from transip_openmm.system_spec import build_spec
+
+    spec = None
+    if args.topology:
+        from transip_openmm.export.topology_io import load_structure
+
+        topology, _ = load_structure(args.topology)
+        elements = load_checkpoint(args.checkpoint)["elements"]
+        spec = build_spec(topology, args.atoms, args.charge, args.multiplicity,
+                          supported_elements=elements, source=args.checkpoint)
+    elif args.atoms or args.charge != 0 or args.multiplicity != 1:
+        raise SystemExit("--atoms, --charge and --multiplicity are baked only with --topology; "
+                         "for a generic file pass them to TransIPForce instead")
+    meta = export_checkpoint(args.checkpoint, args.output, spec, args.dtype, use_ema=not args.no_ema)
+    summary = {k: meta[k] for k in ("format", "format_version", "elements", "baked", "dtype", "code_version")}
+    if spec is not None:
+        summary["n_particles"] = spec.n_particles
+        summary["n_ml_atoms"] = len(spec.ml_indices)
+        summary["charge"], summary["multiplicity"] = spec.charge, spec.multiplicity
+    print(f"wrote {args.output}")
+    print(json.dumps(summary, indent=1))
+    return 0

@@ -1,0 +1,140 @@
+"""Checkpoint -> one self-contained TorchScript file for OpenMM.
+
+The file holds the scripted :class:`~transip_openmm.export.wrapper.OpenMMTransIP` module
+(weights included) and a JSON metadata entry (:data:`~transip_openmm.artifacts.METADATA_ENTRY`)
+describing format, elements, units, the baked system (or none: "generic"), the training
+configuration, data hash, validation metrics and code version.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import torch
+
+from transip_openmm.artifacts import (
+    EXPORT_FORMAT,
+    EXPORT_FORMAT_VERSION,
+    METADATA_ENTRY,
+    code_version,
+    load_checkpoint,
+    model_from_checkpoint,
+)
+from transip_openmm.export.wrapper import OpenMMTransIP
+from transip_openmm.model import TransIPModel
+from transip_openmm.system_spec import SystemSpec
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def build_wrapper(model: TransIPModel, spec: Optional[SystemSpec], dtype: str = "float32") -> OpenMMTransIP:
+    """Eager wrapper around a copy-free ``model`` cast to ``dtype`` (in place), in eval mode."""
+    model = model.to(DTYPES[dtype]).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if spec is None:
+        return OpenMMTransIP(model)
+    return OpenMMTransIP(
+        model,
+        atomic_numbers=spec.atomic_numbers,
+        ml_indices=spec.ml_indices,
+        n_particles=spec.n_particles,
+        charge=spec.charge,
+        multiplicity=spec.multiplicity,
+    )
+
+
+def build_metadata(checkpoint: Dict[str, Any], spec: Optional[SystemSpec], dtype: str,
+                   source: str = "") -> Dict[str, Any]:
+    """Metadata dict stored in the exported file (JSON-serialisable)."""
+    return {
+        "format": EXPORT_FORMAT,
+        "format_version": EXPORT_FORMAT_VERSION,
+        "elements": sorted(int(z) for z in checkpoint["elements"]),
+        "system": None if spec is None else spec.to_dict(),
+        "baked": spec is not None,
+        "charge_multiplicity": {
+            "handling": "baked" if spec is not None else "set at run time (TransIPForce charge=, multiplicity=)",
+            "charge": None if spec is None else spec.charge,
+            "multiplicity": None if spec is None else spec.multiplicity,
+            "model_inputs": "total charge (e) and spin multiplicity 2S+1 of the ML region, embedded per token",
+        },
+        "interface": {
+            "forward": "forward(positions (n_particles, 3) nm[, box (3, 3) nm]) -> (energy kJ/mol, forces kJ/mol/nm)",
+            "outputs_forces": True,
+            "periodic": "optional box; ML region made whole by minimum image relative to its first atom",
+        },
+        "units": {
+            "training": {"energy": "eV", "length": "angstrom", "forces": "eV/angstrom"},
+            "interface": {"energy": "kJ/mol", "length": "nm", "forces": "kJ/mol/nm"},
+        },
+        "cutoff": None,
+        "attention": "all pairs within the ML region (no cutoff)",
+        "dtype": dtype,
+        "model_config": checkpoint["model_config"],
+        "train_config": _jsonable(checkpoint.get("config")),
+        "symmetry": checkpoint.get("symmetry"),
+        "data_hash": checkpoint.get("data_hash"),
+        "validation_metrics": _jsonable(checkpoint.get("val_metrics") or checkpoint.get("metrics")),
+        "training_step": checkpoint.get("step"),
+        "checkpoint_code_version": checkpoint.get("code_version"),
+        "code_version": code_version(),
+        "source_checkpoint": source,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with anything JSON cannot hold turned into a string."""
+    return json.loads(json.dumps(value, default=str)) if value is not None else None
+
+
+def export_model(
+    model: TransIPModel,
+    checkpoint: Dict[str, Any],
+    output: PathLike,
+    spec: Optional[SystemSpec] = None,
+    dtype: str = "float32",
+    source: str = "",
+) -> Dict[str, Any]:
+    """Script ``model`` (with ``spec`` baked in, or generic) and write it to ``output``.
+
+    ``checkpoint`` supplies ``elements``, ``model_config`` and the training metadata.
+    Returns the metadata written.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if spec is not None:
+        from transip_openmm.artifacts import check_elements_supported
+
+        check_elements_supported(spec.atomic_numbers, checkpoint["elements"], source or "the checkpoint")
+    wrapper = build_wrapper(model, spec, dtype)
+    scripted = torch.jit.script(wrapper)
+    meta = build_metadata(checkpoint, spec, dtype, source)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_suffix(output.suffix + ".tmp")
+    torch.jit.save(scripted, str(tmp), _extra_files={METADATA_ENTRY: json.dumps(meta, indent=1)})
+    tmp.replace(output)
+    logger.info("exported %s model (%s) to %s", "baked" if spec else "generic", dtype, output)
+    return meta
+
+
+def export_checkpoint(
+    checkpoint_path: PathLike,
+    output: PathLike,
+    spec: Optional[SystemSpec] = None,
+    dtype: str = "float32",
+    use_ema: bool = True,
+) -> Dict[str, Any]:
+    """Read a training checkpoint and export it (see :func:`export_model`)."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    model = model_from_checkpoint(checkpoint, use_ema=use_ema)
+    return export_model(model, checkpoint, output, spec, dtype, source=Path(checkpoint_path).name)

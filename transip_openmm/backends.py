@@ -1,0 +1,215 @@
+"""The two ways an exported model runs inside OpenMM.
+
+* ``torch``: openmm-torch's ``TorchForce`` runs the TorchScript module in C++ (the default;
+  openmm-torch 1.5 works with torch 2.9.x only).
+* ``python``: OpenMM's built-in ``openmm.PythonForce`` (OpenMM >= 8.5) calls the same module
+  from Python, for torch versions openmm-torch cannot load. On CUDA it can capture the model
+  in a CUDA graph (``use_cuda_graphs=True``).
+
+:func:`make_force` picks one (``"auto"``: torch when openmm-torch works with this torch,
+else python) and logs which.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+from typing import Any, Optional, Sequence, Tuple
+
+import numpy as np
+import openmm
+import torch
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "python")
+
+
+class BackendError(RuntimeError):
+    """The requested backend cannot run here."""
+
+
+def make_force(
+    module: torch.jit.ScriptModule,
+    ml_indices: Sequence[int],
+    backend: str = "auto",
+    periodic: bool = False,
+    use_cuda_graphs: bool = False,
+    device: Optional[str] = None,
+) -> openmm.Force:
+    """An OpenMM Force running the specialised exported ``module``.
+
+    ``ml_indices``: the ML atoms (the python backend applies the force to those particles only).
+    ``device`` (python backend): torch device of the model, default CUDA when available.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        ok, reason = torch_backend_available()
+        backend = "torch" if ok else "python"
+        if ok:
+            logger.info("TransIP backend: torch (openmm-torch TorchForce)")
+        else:
+            logger.info("TransIP backend: python (openmm.PythonForce); openmm-torch unusable: %s", reason)
+    if backend == "torch":
+        ok, reason = torch_backend_available()
+        if not ok:
+            raise BackendError(f"backend='torch' is unavailable: {reason}; use backend='python'")
+        return make_torch_force(module, periodic, use_cuda_graphs)
+    return make_python_force(module, ml_indices, periodic, use_cuda_graphs, device)
+
+
+def make_torch_force(module: torch.jit.ScriptModule, periodic: bool, use_cuda_graphs: bool) -> openmm.Force:
+    """``openmmtorch.TorchForce`` around ``module`` with ``setOutputsForces(True)``."""
+    import openmmtorch  # after torch (openmmtorch needs torch's libraries loaded)
+
+    if use_cuda_graphs:
+        module.check_finite = False  # a host sync is not allowed inside a captured graph
+    force = openmmtorch.TorchForce(module, {"useCUDAGraphs": "true" if use_cuda_graphs else "false"})
+    force.setOutputsForces(True)
+    force.setUsesPeriodicBoundaryConditions(bool(periodic))
+    force.setName("TransIP")
+    return force
+
+
+def make_python_force(
+    module: torch.jit.ScriptModule,
+    ml_indices: Sequence[int],
+    periodic: bool,
+    use_cuda_graphs: bool = False,
+    device: Optional[str] = None,
+) -> openmm.Force:
+    """``openmm.PythonForce`` applied to the ML particles, calling ``module.ml_energy_forces``."""
+    if not hasattr(openmm, "PythonForce"):
+        raise BackendError(f"openmm {openmm.__version__} has no PythonForce (needs OpenMM >= 8.5)")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if use_cuda_graphs and not str(device).startswith("cuda"):
+        raise BackendError("use_cuda_graphs=True needs the model on a CUDA device")
+    computation = TorchScriptComputation(_module_bytes(module), str(device), bool(periodic), use_cuda_graphs)
+    force = openmm.PythonForce(computation)
+    force.setParticles([int(i) for i in ml_indices])
+    force.setUsesPeriodicBoundaryConditions(bool(periodic))
+    force.setName("TransIP")
+    return force
+
+
+class TorchScriptComputation:
+    """Picklable PythonForce computation: ML positions (nm) -> (energy kJ/mol, forces kJ/mol/nm).
+
+    Holds the serialised module so ``XmlSerializer`` can pickle it; the module is loaded on
+    first use. With ``use_cuda_graphs`` the first call warms the model up and captures one
+    evaluation in a ``torch.cuda.CUDAGraph``; later calls copy positions in and replay.
+    """
+
+    def __init__(self, module_bytes: bytes, device: str, periodic: bool, use_cuda_graphs: bool) -> None:
+        self.module_bytes = module_bytes
+        self.device = device
+        self.periodic = periodic
+        self.use_cuda_graphs = use_cuda_graphs
+        self._module: Any = None
+        self._graph: Any = None
+
+    def __getstate__(self) -> dict:
+        return {k: getattr(self, k) for k in ("module_bytes", "device", "periodic", "use_cuda_graphs")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+    @property
+    def module(self) -> torch.jit.ScriptModule:
+        if self._module is None:
+            self._module = torch.jit.load(io.BytesIO(self.module_bytes), map_location=self.device)
+            if self.use_cuda_graphs:
+                self._module.check_finite = False  # checked on the host instead
+        return self._module
+
+    def __call__(self, state: openmm.State) -> Tuple[float, np.ndarray]:
+        positions = state.getPositions(asNumpy=True).value_in_unit(openmm.unit.nanometer)
+        if not np.isfinite(positions).all():
+            bad = np.where(~np.isfinite(positions).all(axis=1))[0]
+            raise ValueError(f"TransIP: particle positions contain NaN or infinity (ML atoms {bad[:10].tolist()})")
+        box = None
+        if self.periodic:
+            box = torch.as_tensor(
+                np.asarray(state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(openmm.unit.nanometer)),
+                device=self.device,
+            )
+        pos = torch.as_tensor(np.asarray(positions), device=self.device)
+        if self.use_cuda_graphs:
+            energy, forces = self._replay(pos, box)
+        else:
+            energy, forces = self.module.ml_energy_forces(pos, box)
+        energy_value = float(energy)
+        forces_np = forces.detach().cpu().numpy()
+        if not (np.isfinite(energy_value) and np.isfinite(forces_np).all()):
+            raise ValueError("TransIP: the model returned a non-finite energy or forces")
+        return energy_value, forces_np
+
+    def _replay(self, pos: torch.Tensor, box: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self._graph is None or self._graph[1].shape != pos.shape:
+            self._graph = _capture(self.module, pos, box)
+        graph, static_pos, static_box, static_energy, static_forces = self._graph
+        static_pos.copy_(pos)
+        if box is not None:
+            static_box.copy_(box)
+        graph.replay()
+        return static_energy, static_forces
+
+
+def _capture(module: torch.jit.ScriptModule, pos: torch.Tensor, box: Optional[torch.Tensor]):
+    """Warm up ``module.ml_energy_forces`` on a side stream, then capture it in a CUDA graph."""
+    static_pos = pos.clone()
+    static_box = box.clone() if box is not None else None
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):  # let the TorchScript profiling executor settle before capture
+            module.ml_energy_forces(static_pos, static_box)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_energy, static_forces = module.ml_energy_forces(static_pos, static_box)
+    logger.info("TransIP: captured the model in a CUDA graph (%d atoms)", pos.shape[0])
+    return graph, static_pos, static_box, static_energy, static_forces
+
+
+def _module_bytes(module: torch.jit.ScriptModule) -> bytes:
+    buffer = io.BytesIO()
+    torch.jit.save(module, buffer)
+    return buffer.getvalue()
+
+
+@functools.lru_cache(maxsize=1)
+def torch_backend_available() -> Tuple[bool, str]:
+    """(works, reason): does openmm-torch import and evaluate a TorchScript module with this torch?
+
+    Probed once per process with a two-particle harmonic module on the Reference platform,
+    because an incompatible torch fails only when the force is evaluated.
+    """
+    try:
+        import openmmtorch
+    except Exception as exc:  # ImportError or a missing shared library
+        return False, f"openmmtorch does not import ({type(exc).__name__}: {exc})"
+    try:
+        probe = torch.jit.script(_Probe())
+        force = openmmtorch.TorchForce(probe)
+        force.setOutputsForces(True)
+        system = openmm.System()
+        for _ in range(2):
+            system.addParticle(1.0)
+        system.addForce(force)
+        context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+        context.setPositions([openmm.Vec3(0.0, 0.0, 0.0), openmm.Vec3(0.1, 0.2, 0.3)])
+        energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(openmm.unit.kilojoule_per_mole)
+        if abs(energy - 0.14) > 1e-6:
+            return False, f"openmm-torch returned a wrong probe energy {energy}"
+    except Exception as exc:
+        return False, f"openmm-torch cannot run a TorchScript module with torch {torch.__version__} ({exc})"
+    return True, "ok"
+
+
+class _Probe(torch.nn.Module):
+    def forward(self, positions: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return (positions * positions).sum(), -2.0 * positions

@@ -1,0 +1,156 @@
+"""``TransIPForce``: an OpenMM Force computing a TransIP model's energy and forces.
+
+>>> system.addForce(TransIPForce("model.pt"))                      # system baked into the file
+>>> system.addForce(TransIPForce("generic.pt", topology, charge=-1))  # generic file
+>>> system.addForce(TransIPForce("generic.pt", topology, atoms="resname LIG"))  # ML/MM
+
+A generic exported file is specialised to the topology by setting the system buffers of the
+loaded TorchScript module (:func:`transip_openmm.system_spec.specialise_module`); the
+weights are not touched and nothing is re-scripted.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple, Union
+
+import torch  # before openmmtorch, which needs torch's shared libraries
+
+from transip_openmm.artifacts import (
+    METADATA_ENTRY,
+    ArtifactError,
+    check_elements_supported,
+    parse_exported_metadata,
+)
+from transip_openmm.system_spec import (
+    AtomSelection,
+    SystemSpec,
+    SystemSpecError,
+    atomic_numbers_from_topology,
+    build_spec,
+    check_charge_multiplicity,
+    resolve_atoms,
+    specialise_module,
+)
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+
+
+def resolve_model_path(path: PathLike) -> Path:
+    """``"default"`` -> the shipped demo model; anything else -> ``Path(path)`` (must exist)."""
+    if str(path) == "default":
+        from transip_openmm import default_model_path
+
+        try:
+            return default_model_path()
+        except FileNotFoundError as exc:
+            raise ArtifactError(
+                f"'default' asks for the demo model shipped with transip-openmm, but this "
+                f"installation has none ({exc}); pass the path of an exported model instead"
+            ) from exc
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"model file {path} does not exist")
+    return path
+
+
+def load_exported(path: PathLike, map_location: str = "cpu") -> Tuple[torch.jit.ScriptModule, Dict[str, Any]]:
+    """(module, metadata) of an exported model file; checks readability, format and version."""
+    path = resolve_model_path(path)
+    extra = {METADATA_ENTRY: ""}
+    try:
+        module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
+    except Exception as exc:  # torch raises RuntimeError/ValueError/... for corrupt files
+        raise ArtifactError(
+            f"model file {path} is not a readable TorchScript file ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
+    meta = parse_exported_metadata(extra[METADATA_ENTRY], source=str(path))
+    return module, meta
+
+
+def system_spec_for(
+    meta: Dict[str, Any],
+    topology: Any,
+    charge: Optional[int],
+    multiplicity: Optional[int],
+    atoms: AtomSelection,
+    source: str,
+) -> SystemSpec:
+    """The system the force runs on: the baked one (checked against ``topology`` and the
+    arguments), or one built from ``topology`` for a generic file."""
+    supported = meta["elements"]
+    baked = SystemSpec.from_dict(meta["system"]) if meta.get("system") else None
+    if baked is None:
+        if topology is None:
+            raise SystemSpecError(
+                f"{source} is a generic export (no system baked in): pass the topology, "
+                "TransIPForce(path, topology, ...), or export with --topology"
+            )
+        return build_spec(topology, atoms, 0 if charge is None else charge,
+                          1 if multiplicity is None else multiplicity, supported, source)
+    if charge is not None and int(charge) != baked.charge:
+        raise SystemSpecError(f"{source} was exported with charge {baked.charge}, not {charge}; "
+                              "re-export, or export a generic file")
+    if multiplicity is not None and int(multiplicity) != baked.multiplicity:
+        raise SystemSpecError(f"{source} was exported with multiplicity {baked.multiplicity}, not "
+                              f"{multiplicity}; re-export, or export a generic file")
+    if topology is not None:
+        n = topology.getNumAtoms()
+        if n != baked.n_particles:
+            raise SystemSpecError(f"{source} was exported for a system of {baked.n_particles} "
+                                  f"particles but the topology has {n}")
+        if atomic_numbers_from_topology(topology, baked.ml_indices) != baked.atomic_numbers:
+            raise SystemSpecError(f"the elements of the topology's ML atoms differ from those baked into {source}")
+    if atoms is not None:
+        indices = resolve_atoms(atoms, baked.n_particles, topology)
+        if indices != baked.ml_indices:
+            raise SystemSpecError(f"atoms={atoms!r} selects other atoms than the ML region baked into "
+                                  f"{source} ({len(baked.ml_indices)} atoms)")
+    check_elements_supported(baked.atomic_numbers, supported, source)
+    check_charge_multiplicity(baked.atomic_numbers, baked.charge, baked.multiplicity)
+    return baked
+
+
+def TransIPForce(
+    path: PathLike = "default",
+    topology: Any = None,
+    *,
+    charge: Optional[int] = None,
+    multiplicity: Optional[int] = None,
+    atoms: AtomSelection = None,
+    backend: str = "auto",
+    use_cuda_graphs: bool = False,
+    periodic: Optional[bool] = None,
+    device: Optional[str] = None,
+):
+    """OpenMM Force (``openmmtorch.TorchForce`` or ``openmm.PythonForce``) for a TransIP model.
+
+    path: exported model file, or ``"default"`` for the shipped demo model.
+    topology: ``openmm.app.Topology`` of the full system; needed for a generic file, checked
+        against a baked one.
+    charge, multiplicity: of the ML region (default: the baked values, else 0 and 1).
+    atoms: ML region: atom indices or an mdtraj selection string (default: all atoms).
+    backend: ``"torch"`` (openmm-torch), ``"python"`` (``openmm.PythonForce``) or ``"auto"``.
+    use_cuda_graphs: capture the model in a CUDA graph (openmm-torch's ``useCUDAGraphs``; the
+        python backend captures with ``torch.cuda.CUDAGraph``). Disables the in-model NaN check.
+    periodic: use the box (minimum image makes the ML region whole); default: the topology has
+        a box.
+    device: torch device of the python backend's model (default CUDA if available, else CPU).
+    """
+    from transip_openmm.backends import make_force
+
+    model_path = resolve_model_path(path)
+    module, meta = load_exported(model_path)
+    spec = system_spec_for(meta, topology, charge, multiplicity, atoms, str(model_path))
+    specialise_module(module, spec)
+    if periodic is None:
+        periodic = topology is not None and topology.getPeriodicBoxVectors() is not None
+    logger.info("TransIP model %s: %d ML atoms of %d particles, charge %d, multiplicity %d%s",
+                model_path.name, len(spec.ml_indices), spec.n_particles, spec.charge, spec.multiplicity,
+                ", periodic" if periodic else "")
+    return make_force(module, spec.ml_indices, backend=backend, periodic=bool(periodic),
+                      use_cuda_graphs=use_cuda_graphs, device=device)
