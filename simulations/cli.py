@@ -1,0 +1,43 @@
+"""``transip simulate PROTOCOL.yaml --output DIR [--max-steps N] [--resume] [--platform NAME]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from transip_openmm.simulations.protocol import PLATFORMS, ProtocolError, load_protocol
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("protocol", type=Path, help="protocol YAML file")
+    parser.add_argument("--output", "-o", type=Path, required=True, help="run directory")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="cap every stage at N MD steps (and N minimiser iterations): smoke runs")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run in --output from its last checkpoint")
+    parser.add_argument("--platform", choices=PLATFORMS, default=None,
+                        help="OpenMM platform (overrides the protocol's)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from transip_openmm.simulations.runner import SimulationError, run_protocol
+
+    try:
+        protocol = load_protocol(args.protocol).capped(args.max_steps)
+        info = run_protocol(protocol, args.output, resume=args.resume, platform=args.platform,
+                            show_progress=not args.no_progress)
+    except (ProtocolError, SimulationError) as exc:
+        logger.error("%s", exc)
+        return 1
+    print(f"run directory: {args.output}")
+    if info.get("trajectory"):
+        print(f"trajectory:    {args.output / info['trajectory']} ({info['trajectory_frames']} frames)")
+    print(f"state data:    {args.output / 'state_data.csv'}")
+    if info.get("ns_per_day"):
+        print(f"speed:         {info['ns_per_day']:.3f} ns/day ({info['wall_s_per_ps']:.2f} s per ps) "
+              f"on {info['platform']}")
+    return 0
