@@ -15,6 +15,8 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import os
+import re
 from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
@@ -192,6 +194,7 @@ def torch_backend_available() -> Tuple[bool, str]:
         import openmmtorch
     except Exception as exc:  # ImportError or a missing shared library
         return False, f"openmmtorch does not import ({type(exc).__name__}: {exc})"
+    _load_torch_plugins()
     try:
         probe = torch.jit.script(_Probe())
         force = openmmtorch.TorchForce(probe)
@@ -210,6 +213,75 @@ def torch_backend_available() -> Tuple[bool, str]:
     return True, "ok"
 
 
+def _load_torch_plugins() -> None:
+    """Load openmm-torch's platform plugins that failed when ``openmm`` was imported before torch.
+
+    OpenMM loads its plugins at ``import openmm``; openmm-torch's need libtorch's libraries
+    (e.g. libnvrtc), which are found only once ``torch`` is imported. Retry just those.
+    """
+    for failure in openmm.Platform.getPluginLoadFailures():
+        match = re.match(r"Error loading library (.+?\.(?:so|dylib|dll)): ", failure)
+        if match and "OpenMMTorch" in os.path.basename(match.group(1)):
+            try:
+                openmm.Platform.loadPluginLibrary(match.group(1))
+                logger.debug("loaded %s after torch", match.group(1))
+            except Exception as exc:  # e.g. the OpenCL plugin without libOpenCL
+                logger.debug("cannot load %s: %s", match.group(1), exc)
+
+
 class _Probe(torch.nn.Module):
     def forward(self, positions: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return (positions * positions).sum(), -2.0 * positions
+
+
+def deserialize_system(xml: str) -> openmm.System:
+    """``XmlSerializer.deserialize`` for Systems that may contain openmm-torch ``TorchForce``\\ s.
+
+    openmm-torch 1.5 with torch 2.9 crashes (segmentation fault) in its own XML
+    deserializer, for any TorchForce. This rebuilds each TorchForce in Python from the
+    serialised module bytes (``encodedFileContents``) and its settings, keeping the force order.
+    """
+    import copy
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(xml)
+    forces_el = root.find("Forces")
+    if forces_el is None or not any(el.get("type") == "TorchForce" for el in forces_el):
+        return openmm.XmlSerializer.deserialize(xml)
+    order = []  # ("torch", element) or ("other", k-th non-torch force)
+    n_other = 0
+    for el in list(forces_el):
+        if el.get("type") == "TorchForce":
+            order.append(("torch", el))
+            forces_el.remove(el)
+        else:
+            order.append(("other", n_other))
+            n_other += 1
+    system = openmm.XmlSerializer.deserialize(ET.tostring(root, encoding="unicode"))
+    others = [copy.deepcopy(system.getForce(i)) for i in range(system.getNumForces())]
+    while system.getNumForces():
+        system.removeForce(system.getNumForces() - 1)
+    for kind, item in order:
+        system.addForce(_torch_force_from_xml(item) if kind == "torch" else others[item])
+    return system
+
+
+def _torch_force_from_xml(el) -> openmm.Force:
+    import openmmtorch
+
+    torch_backend_available()  # makes sure openmm-torch's plugins are loaded
+    module = torch.jit.load(io.BytesIO(bytes.fromhex(el.get("encodedFileContents"))), map_location="cpu")
+    props = {p.get("name"): p.get("value") for p in el.iter("Property")}
+    force = openmmtorch.TorchForce(module, props)
+    force.setOutputsForces(el.get("outputsForces", "0") == "1")
+    force.setUsesPeriodicBoundaryConditions(el.get("usesPeriodic", "0") == "1")
+    force.setForceGroup(int(el.get("forceGroup", "0")))
+    if el.get("name"):
+        force.setName(el.get("name"))
+    globals_el = el.find("GlobalParameters")
+    for p in (globals_el if globals_el is not None else []):
+        force.addGlobalParameter(p.get("name"), float(p.get("default")))
+    derivs_el = el.find("ParameterDerivatives")
+    for p in (derivs_el if derivs_el is not None else []):
+        force.addEnergyParameterDerivative(p.get("name"))
+    return force
