@@ -318,6 +318,15 @@ class Trainer:
         if improved:
             save_checkpoint(self.output / "best.ckpt", payload)
 
+    def _ddp_param_divergence(self) -> float:
+        """Largest |θ_rank − θ_rank0| over all parameters and ranks (0 when DDP is in sync)."""
+        flat = torch.cat([p.detach().reshape(-1).double().cpu() for p in self.module.parameters()])
+        ref = flat.clone()
+        dist.broadcast(ref, src=0)
+        diff = (flat - ref).abs().max().reshape(1)
+        dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+        return float(diff)
+
     # ------------------------------------------------------------------ loop
     def _next_batch(self) -> List[int]:
         batches = self.sampler.batches(self.epoch)
@@ -419,11 +428,13 @@ class Trainer:
             if self.world > 1 and do_ckpt:
                 dist.barrier()
         bar.close()
+        param_diff = self._ddp_param_divergence() if self.world > 1 else 0.0
         summary = {
             "step": self.step, "symmetry": cfg.objective.symmetry, "val_metrics": self.val_metrics,
             "best_" + cfg.run.best_metric: self.best_value, "train_time_s": self.train_time,
             **self._throughput(), "n_train": len(self.data.train), "n_val": len(self.data.val),
             "n_parameters": count_parameters(self.model), "world_size": self.world,
+            "ddp_max_param_diff": param_diff,
         }
         if self.is_main:
             with open(self.output / "summary.json", "w") as f:

@@ -1,0 +1,110 @@
+"""``transip evaluate MODEL DATA... --json OUT.json [--plot OUT.png]``.
+
+MODEL is a training checkpoint (``*.ckpt``) or an exported TorchScript file. An exported
+file computes one baked system (``forward(positions_nm (n, 3)) -> (energy kJ/mol,
+forces kJ/mol/nm)``); every structure evaluated with it must have that system's atoms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from transip_openmm.artifacts import ArtifactError, load_checkpoint, model_from_checkpoint, read_exported_metadata
+from transip_openmm.training.batching import Batch
+from transip_openmm.units import ANGSTROM_TO_NM, EV_PER_ANGSTROM_TO_KJ_PER_MOL_NM, EV_TO_KJ_PER_MOL
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", type=Path, help="training checkpoint or exported TorchScript model")
+    parser.add_argument("data", type=Path, nargs="+", help="data files (.aselmdb, .xyz, .hdf5)")
+    parser.add_argument("--json", type=Path, required=True, help="write the metrics here")
+    parser.add_argument("--plot", type=Path, default=None, help="energy/force parity plot (PNG)")
+    parser.add_argument("--rotation-structures", type=int, default=20,
+                        help="structures used for the rotation errors (0: skip)")
+    parser.add_argument("--rotations", type=int, default=8, help="random rotations per structure")
+    parser.add_argument("--max-atoms", type=int, default=1024, help="padded atoms per batch")
+    parser.add_argument("--no-ema", action="store_true", help="use raw weights, not the EMA weights")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random rotations")
+
+
+class ExportedPredictor:
+    """Predictor for an exported TorchScript model of one baked system (units converted)."""
+
+    def __init__(self, path: Path, device: str = "cpu") -> None:
+        self.meta = read_exported_metadata(path)
+        self.module = torch.jit.load(str(path), map_location=device)
+        self.device = device
+        numbers = self.meta.get("atomic_numbers") or (self.meta.get("system") or {}).get("atomic_numbers")
+        self.numbers: Optional[List[int]] = None if numbers is None else [int(z) for z in numbers]
+        self.path = path
+
+    def __call__(self, batch: Batch) -> Tuple[np.ndarray, np.ndarray]:
+        b, n = batch.numbers.shape
+        energies = np.zeros(b)
+        forces = np.zeros((b, n, 3))
+        for k in range(b):
+            na = int(batch.n_atoms[k])
+            z = batch.numbers[k, :na].tolist()
+            if self.numbers is not None and z != self.numbers:
+                raise ArtifactError(f"{self.path} was exported for atoms {self.numbers}; the data has {z}")
+            pos_nm = (batch.positions[k, :na] * ANGSTROM_TO_NM).to(self.device, torch.float32)
+            out = self.module(pos_nm)
+            e, f = out if isinstance(out, (tuple, list)) else (out, None)
+            if f is None:
+                raise ArtifactError(f"{self.path} returns no forces")
+            energies[k] = float(e) / EV_TO_KJ_PER_MOL
+            forces[k, :na] = f.detach().cpu().double().numpy() / EV_PER_ANGSTROM_TO_KJ_PER_MOL_NM
+        return energies, forces
+
+
+def load_predictor(path: Path, device: str = "cpu", use_ema: bool = True):
+    """(predictor, elements or None, description) for a checkpoint or exported file."""
+    from transip_openmm.training.evaluate import ModelPredictor
+
+    try:
+        data = load_checkpoint(path)
+    except ArtifactError as ckpt_error:
+        try:
+            pred = ExportedPredictor(path, device)
+        except ArtifactError as export_error:
+            raise ArtifactError(f"{path} is neither a checkpoint ({ckpt_error}) nor an exported model "
+                                f"({export_error})") from export_error
+        return pred, pred.meta.get("elements"), {"kind": "exported", "metadata": pred.meta}
+    model = model_from_checkpoint(data, use_ema=use_ema).to(device)
+    info = {"kind": "checkpoint", "step": data.get("step"), "symmetry": data.get("symmetry")}
+    return ModelPredictor(model, device=device), data["elements"], info
+
+
+def run(args: argparse.Namespace) -> int:
+    from transip_openmm.training.evaluate import evaluate, predict
+    from transip_openmm.training.readers import read_datasets
+
+    predictor, elements, info = load_predictor(args.model, args.device, use_ema=not args.no_ema)
+    dataset = read_datasets(args.data, elements)
+    with torch.inference_mode(False):
+        result = evaluate(predictor, dataset, args.max_atoms, args.rotation_structures, args.rotations,
+                          args.seed, progress=True)
+    result = {**result, "model": str(args.model), "data": [str(p) for p in args.data],
+              "model_info": {k: v for k, v in info.items() if k != "metadata"}}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(result, f, indent=2)
+    if args.plot is not None:
+        from transip_openmm.training.plots import plot_parity
+
+        energies, forces = predict(predictor, dataset, args.max_atoms)
+        plot_parity(energies, [m.energy for m in dataset], dataset.n_atoms,
+                    np.concatenate(forces), np.concatenate([m.forces for m in dataset]), args.plot,
+                    title=f"{args.model.name} on {len(dataset)} structures")
+    print(json.dumps({k: v for k, v in result.items() if k not in ("data", "model_info")}, indent=2))
+    return 0
