@@ -38,6 +38,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"trajectory:    {args.output / info['trajectory']} ({info['trajectory_frames']} frames)")
     print(f"state data:    {args.output / 'state_data.csv'}")
     if info.get("ns_per_day"):
-        print(f"speed:         {info['ns_per_day']:.3f} ns/day ({info['wall_s_per_ps']:.2f} s per ps) "
-              f"on {info['platform']}")
+        print(f"speed:         {info['md_wall_s_per_ps']:.2f} s of MD per simulated ps "
+              f"({info['wall_s_per_ps']:.2f} s per ps with setup) on {info['platform']}")
     return 0

@@ -20,7 +20,9 @@ stitched trajectory has neither gaps nor duplicated frames.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import gc
 import json
 import logging
 import math
@@ -200,6 +202,7 @@ class Runner:
             self._bar = tqdm(total=total_md, initial=steps_before, unit="step", desc=p.name,
                              dynamic_ncols=True)
         self._t0, self._steps0 = start, steps_before
+        self._md_wall = 0.0
         state = None
         if self.resume and not self.progress["checkpoint"] and self.progress.get("stage_start_xml"):
             state = openmm.XmlSerializer.deserialize(
@@ -207,6 +210,7 @@ class Runner:
         try:
             for index in range(self.progress["stage_index"], len(p.stages)):
                 state = self._run_stage(index, p.stages[index], state)
+                gc.collect()  # the stage's Context must be gone before the System is changed
         finally:
             if self._bar is not None:
                 self._bar.close()
@@ -215,13 +219,20 @@ class Runner:
 
     # ---- stages
     def _stage_system(self, stage: StageSpec) -> openmm.System:
-        system = openmm.XmlSerializer.clone(self.built.system)
-        if stage.uses_barostat:
-            barostat = openmm.MonteCarloBarostat(stage.pressure_bar * unit.bar,
-                                                 self.protocol.integrator.temperature_k * unit.kelvin,
-                                                 stage.barostat_interval)
+        """The System for one stage: the barostat (added once, shared) is on only in NPT stages.
+
+        The System is modified only between stages, when no Context uses it (cloning a System
+        that holds an ML force is avoided: it reloads the model and is not safe everywhere).
+        """
+        system = self.built.system
+        barostat = next((f for f in system.getForces() if isinstance(f, openmm.MonteCarloBarostat)), None)
+        if barostat is None and any(s.uses_barostat for s in self.protocol.stages):
+            barostat = openmm.MonteCarloBarostat(1.0 * unit.bar, self.protocol.integrator.temperature_k * unit.kelvin)
             barostat.setRandomNumberSeed(self.protocol.seed + 17)
             system.addForce(barostat)
+        if barostat is not None:
+            barostat.setFrequency(stage.barostat_interval if stage.uses_barostat else 0)
+            barostat.setDefaultPressure(stage.pressure_bar * unit.bar)
         return system
 
     def _run_stage(self, index: int, stage: StageSpec, previous: Optional[openmm.State]) -> openmm.State:
@@ -287,7 +298,9 @@ class Runner:
         while step < stage.steps:
             nxt = min(min((step // k + 1) * k for k in intervals), stage.steps)
             try:
+                t_step = time.perf_counter()
                 sim.step(nxt - step)
+                self._md_wall += time.perf_counter() - t_step
             except openmm.OpenMMException as exc:
                 self._blow_up(sim, index, stage, nxt, _Check(False, math.nan, math.nan, str(exc)))
             step = nxt
@@ -451,6 +464,8 @@ class Runner:
             "md_steps_this_run": steps_done,
             "wall_s_this_run": wall,
             "wall_s_per_ps": wall / simulated_ps if simulated_ps > 0 else None,
+            "md_wall_s_this_run": self._md_wall,
+            "md_wall_s_per_ps": self._md_wall / simulated_ps if simulated_ps > 0 else None,
             "ns_per_day": simulated_ps * 1e-3 / wall * 86400 if wall > 0 and simulated_ps > 0 else None,
             "trajectory": traj.name if traj else None,
             "trajectory_frames": sum(c["n_frames"] for c in self.progress["chunks"]),
@@ -493,6 +508,23 @@ def _describe_ml_force(built: Optional[BuiltSystem]) -> str:
     return " ".join(parts) + f" on {len(built.ml_atoms)} atoms"
 
 
+@contextlib.contextmanager
+def quiet_stdout():
+    """Silence C-level writes to stdout (file descriptor 1) inside the block."""
+    import sys
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
 def stitch_trajectory(out: Path, fmt: str, chunks: List[Dict[str, Any]]) -> Optional[Path]:
     """Concatenate the committed chunks into ``trajectory.<fmt>`` (None without frames)."""
     files = [out / "chunks" / c["file"] for c in chunks if c["n_frames"] > 0]
@@ -500,7 +532,8 @@ def stitch_trajectory(out: Path, fmt: str, chunks: List[Dict[str, Any]]) -> Opti
         return None
     import mdtraj
 
-    traj = mdtraj.load([str(f) for f in files], top=str(out / "topology.pdb"))
+    with quiet_stdout():  # mdtraj's DCD plugin prints to the C-level stdout
+        traj = mdtraj.load([str(f) for f in files], top=str(out / "topology.pdb"))
     expected = sum(c["n_frames"] for c in chunks)
     if traj.n_frames != expected:
         raise SimulationError(f"trajectory chunks hold {traj.n_frames} frames, progress records {expected}")

@@ -1,0 +1,105 @@
+"""Trajectory analysis with mdtraj: free functions ``compute_*`` returning numpy arrays.
+
+Units follow mdtraj: lengths in nm, angles in degrees (converted from mdtraj's radians
+here and said so), times in ps, energies in kJ/mol, temperatures in K, densities in g/mL.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+#: Single-atom residues treated as ions, and the default ion-oxygen coordination cutoff (nm),
+#: about the first minimum of the ion-water-oxygen g(r) in aqueous solution.
+ION_O_CUTOFF_NM = {"Li": 0.28, "Na": 0.32, "K": 0.36, "Rb": 0.38, "Cs": 0.40, "Mg": 0.28,
+                   "Ca": 0.32, "F": 0.32, "Cl": 0.38, "Br": 0.40, "I": 0.42}
+
+
+def read_state_data(path: Path) -> Dict[str, np.ndarray]:
+    """Columns of ``state_data.csv`` as arrays (``stage`` as str, the rest float)."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        return {}
+    out: Dict[str, np.ndarray] = {}
+    for key in rows[0]:
+        values = [r[key] for r in rows]
+        out[key] = np.array(values) if key == "stage" else np.array([float(v) for v in values])
+    return out
+
+
+def compute_rmsd(traj, atom_indices: Optional[Sequence[int]] = None, reference_frame: int = 0) -> np.ndarray:
+    """RMSD (n_frames,) in nm of ``atom_indices`` after optimal superposition on frame
+    ``reference_frame`` (same atoms)."""
+    import mdtraj
+
+    idx = np.arange(traj.n_atoms) if atom_indices is None else np.asarray(atom_indices)
+    return mdtraj.rmsd(traj, traj, reference_frame, atom_indices=idx)
+
+
+def compute_ramachandran(traj) -> Tuple[np.ndarray, np.ndarray]:
+    """Backbone dihedrals φ and ψ in degrees, each (n_frames, n_angles) in [-180, 180)."""
+    import mdtraj
+
+    _, phi = mdtraj.compute_phi(traj)
+    _, psi = mdtraj.compute_psi(traj)
+    return np.degrees(phi), np.degrees(psi)
+
+
+def compute_pair_distances(traj, centers: Sequence[int], partners: Sequence[int]) -> np.ndarray:
+    """Distances (n_frames, n_centers * n_partners) in nm, minimum image if periodic."""
+    import mdtraj
+
+    pairs = np.array([(c, p) for c in centers for p in partners if c != p])
+    if len(pairs) == 0:
+        return np.zeros((traj.n_frames, 0))
+    return mdtraj.compute_distances(traj, pairs, periodic=traj.unitcell_vectors is not None)
+
+
+def compute_rdf(traj, centers: Sequence[int], partners: Sequence[int], r_max_nm: float = 0.8,
+                n_bins: int = 80) -> Tuple[np.ndarray, np.ndarray]:
+    """Radial distribution function of ``partners`` around ``centers``.
+
+    Returns ``(r, g)``: bin centres (n_bins,) in nm and g(r) (n_bins,) (dimensionless). With a
+    periodic box g is normalised by the partners' mean number density (→ 1 far away); for a
+    cluster without a box it is the local number density in nm⁻³ (no bulk reference).
+    """
+    d = compute_pair_distances(traj, centers, partners)
+    edges = np.linspace(0.0, r_max_nm, n_bins + 1)
+    counts, _ = np.histogram(d.ravel(), bins=edges)
+    r = 0.5 * (edges[1:] + edges[:-1])
+    shell = 4.0 / 3.0 * np.pi * (edges[1:] ** 3 - edges[:-1] ** 3)
+    local = counts / (traj.n_frames * max(len(centers), 1) * shell)  # nm^-3
+    if traj.unitcell_volumes is not None:
+        bulk = len(partners) / float(np.mean(traj.unitcell_volumes))
+        return r, local / bulk
+    return r, local
+
+
+def compute_coordination_number(traj, center: int, partners: Sequence[int], cutoff_nm: float) -> np.ndarray:
+    """Number of ``partners`` within ``cutoff_nm`` of atom ``center``, per frame (n_frames,)."""
+    d = compute_pair_distances(traj, [center], partners)
+    return (d < cutoff_nm).sum(axis=1).astype(float)
+
+
+def find_ions(topology) -> Dict[int, str]:
+    """Atom index -> element symbol of single-atom residues that are ions (mdtraj topology)."""
+    out = {}
+    for residue in topology.residues:
+        if residue.n_atoms == 1:
+            atom = residue.atom(0)
+            if atom.element is not None and atom.element.symbol in ION_O_CUTOFF_NM:
+                out[atom.index] = atom.element.symbol
+    return out
+
+
+def peptide_atoms(topology) -> np.ndarray:
+    """Indices of protein atoms (including ACE/NME caps)."""
+    caps = [r.index for r in topology.residues if r.name in ("ACE", "NME", "NH2")]
+    sel = set(topology.select("protein").tolist())
+    for r in caps:
+        sel.update(a.index for a in topology.residue(r).atoms)
+    return np.array(sorted(sel), dtype=int)

@@ -1,0 +1,185 @@
+"""``transip analyze RUN_DIR``: PNG plots and ``analysis/summary.json`` for a simulation run.
+
+Always: potential/total energy, temperature and (periodic runs) density traces from
+``state_data.csv``. With a trajectory: RMSD of the solute (ML region), Ramachandran φ/ψ for
+peptides, and for ions the ion-oxygen RDFs and coordination numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+from transip_openmm.simulations import analysis as A
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", type=Path, help="directory written by `transip simulate`")
+    parser.add_argument("--output", "-o", type=Path, default=None,
+                        help="where to write plots and summary.json (default RUN_DIR/analysis)")
+
+
+def _stats(x: np.ndarray) -> Dict[str, float]:
+    x = np.asarray(x, float)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return {}
+    return {"mean": float(x.mean()), "std": float(x.std()), "min": float(x.min()), "max": float(x.max())}
+
+
+def _plot_traces(data: Dict[str, np.ndarray], out: Path, periodic: bool) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("potential_kj_per_mol", "potential energy (kJ/mol)"), ("total_kj_per_mol", "total energy (kJ/mol)"),
+              ("temperature_k", "temperature (K)")]
+    if periodic:
+        panels.append(("density_g_per_ml", "density (g/mL)"))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(6, 2.0 * len(panels)), sharex=True)
+    for ax, (key, label) in zip(axes, panels):
+        for stage in dict.fromkeys(data["stage"]):
+            m = data["stage"] == stage
+            ax.plot(data["time_ps"][m], data[key][m], lw=1, label=stage)
+        ax.set_ylabel(label, fontsize=8)
+    axes[0].legend(fontsize=7)
+    axes[-1].set_xlabel("time (ps)")
+    fig.tight_layout()
+    path = out / "traces.png"
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def analyze_run(run_dir: Path, out: Path) -> Dict[str, Any]:
+    """Write plots into ``out`` and return the summary (also written to ``out/summary.json``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+    summary: Dict[str, Any] = {"run_dir": str(run_dir), "protocol": info.get("protocol"), "plots": []}
+    plots: List[Path] = []
+    data = A.read_state_data(run_dir / "state_data.csv")
+    periodic = bool(data) and np.isfinite(data["volume_nm3"]).any()
+    if data:
+        summary["state_data"] = {
+            "rows": int(len(data["step"])),
+            "potential_kj_per_mol": _stats(data["potential_kj_per_mol"]),
+            "temperature_k": _stats(data["temperature_k"]),
+            "max_force_kj_per_mol_nm": _stats(data["max_force_kj_per_mol_nm"]),
+        }
+        if periodic:
+            summary["state_data"]["density_g_per_ml"] = _stats(data["density_g_per_ml"])
+        prod = np.char.find(data["stage"].astype(str), "production") >= 0
+        if prod.sum() >= 2:
+            t, e = data["time_ps"][prod], data["total_kj_per_mol"][prod]
+            summary["state_data"]["production_total_energy_slope_kj_per_mol_ps"] = float(np.polyfit(t, e, 1)[0])
+        plots.append(_plot_traces(data, out, periodic))
+
+    traj_name = info.get("trajectory")
+    if traj_name and (run_dir / traj_name).exists():
+        import mdtraj
+
+        from transip_openmm.simulations.runner import quiet_stdout
+
+        with quiet_stdout():
+            traj = mdtraj.load(str(run_dir / traj_name), top=str(run_dir / "topology.pdb"))
+        dt = info.get("frame_interval_ps", 1.0)
+        steps = np.asarray(info.get("frame_steps", []), float)
+        time = steps * info["timestep_fs"] / 1000.0 if len(steps) == traj.n_frames else np.arange(traj.n_frames) * dt
+        summary["trajectory"] = {"file": traj_name, "frames": int(traj.n_frames),
+                                 "time_ps": [float(time[0]), float(time[-1])] if len(time) else []}
+        top = traj.topology
+        ml = np.asarray(info.get("ml_atoms") or [], int)
+        pep = A.peptide_atoms(top)
+        solute = pep if len(pep) else (ml if 0 < len(ml) < traj.n_atoms else np.arange(traj.n_atoms))
+        heavy = np.array([i for i in solute if top.atom(int(i)).element.symbol != "H"]) if len(solute) else solute
+        rmsd = A.compute_rmsd(traj, heavy if len(heavy) >= 3 else solute)
+        summary["rmsd_nm"] = _stats(rmsd) | {"atoms": "solute heavy atoms"}
+        fig, ax = plt.subplots(figsize=(6, 2.5))
+        ax.plot(time, rmsd * 10, lw=1)
+        ax.set_xlabel("time (ps)")
+        ax.set_ylabel("RMSD (Å)")
+        fig.tight_layout()
+        fig.savefig(out / "rmsd.png", dpi=80)
+        plt.close(fig)
+        plots.append(out / "rmsd.png")
+
+        if len(pep):
+            phi, psi = A.compute_ramachandran(traj)
+            if phi.size and psi.size:
+                n = min(phi.shape[1], psi.shape[1])
+                summary["ramachandran_deg"] = {"phi": _stats(phi[:, :n]), "psi": _stats(psi[:, :n]),
+                                              "n_angle_pairs": int(n)}
+                fig, ax = plt.subplots(figsize=(4, 4))
+                ax.scatter(phi[:, :n].ravel(), psi[:, :n].ravel(), s=6, c=np.repeat(time, n), cmap="viridis")
+                ax.set_xlim(-180, 180)
+                ax.set_ylim(-180, 180)
+                ax.set_xlabel("φ (deg)")
+                ax.set_ylabel("ψ (deg)")
+                ax.set_title("Ramachandran (colour: time)", fontsize=9)
+                fig.tight_layout()
+                fig.savefig(out / "ramachandran.png", dpi=80)
+                plt.close(fig)
+                plots.append(out / "ramachandran.png")
+
+        ions = A.find_ions(top)
+        if ions:
+            oxygens = [a.index for a in top.atoms if a.element is not None and a.element.symbol == "O"]
+            fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3))
+            summary["ions"] = {}
+            for index, symbol in ions.items():
+                r, g = A.compute_rdf(traj, [index], oxygens, r_max_nm=0.8)
+                cutoff = A.ION_O_CUTOFF_NM[symbol]
+                cn = A.compute_coordination_number(traj, index, oxygens, cutoff)
+                label = f"{symbol}{index}"
+                summary["ions"][label] = {"rdf_first_peak_nm": float(r[np.argmax(g)]),
+                                          "coordination_cutoff_nm": cutoff,
+                                          "coordination_number_O": _stats(cn),
+                                          "rdf_normalisation": "bulk density" if traj.unitcell_volumes is not None
+                                          else "local density nm^-3 (no box)"}
+                ax1.plot(r, g, lw=1, label=label)
+                ax2.plot(time, cn, lw=1, label=label)
+            if len(ions) == 2:
+                a, b = list(ions)
+                d = A.compute_pair_distances(traj, [a], [b])[:, 0]
+                summary["ion_pair_distance_nm"] = _stats(d)
+            ax1.set_xlabel("r (nm)")
+            ax1.set_ylabel("g(r) ion-O" if traj.unitcell_volumes is not None else "ion-O density (nm⁻³)")
+            ax2.set_xlabel("time (ps)")
+            ax2.set_ylabel("O coordination number")
+            ax1.legend(fontsize=7)
+            fig.tight_layout()
+            fig.savefig(out / "ions.png", dpi=80)
+            plt.close(fig)
+            plots.append(out / "ions.png")
+    else:
+        logger.warning("no trajectory in %s: only the state-data traces are analysed", run_dir)
+    summary["plots"] = [str(p) for p in plots]
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def run(args: argparse.Namespace) -> int:
+    run_dir = args.run_dir
+    if not (run_dir / "state_data.csv").exists():
+        logger.error("%s is not a simulation run directory (no state_data.csv)", run_dir)
+        return 1
+    out = args.output or run_dir / "analysis"
+    summary = analyze_run(run_dir, out)
+    print(f"summary: {out / 'summary.json'}")
+    for plot in summary["plots"]:
+        print(f"plot:    {plot}")
+    return 0
