@@ -3,18 +3,26 @@
 Atoms are tokens. A token starts as the sum of an element embedding, a learned
 projection of the atom's centred Cartesian coordinates, and embeddings of the
 molecule's total charge and spin multiplicity. A stack of pre-norm Transformer
-blocks (``scaled_dot_product_attention``) with an optional per-head attention bias
-from radial basis functions of interatomic distances mixes the tokens. A readout
-gives per-atom energies; the molecular energy is their sum plus per-element
-reference energies and an optional short-range ZBL repulsion prior. Forces are
-``-dE/dx`` by autograd.
+blocks mixes the tokens, with an optional per-head attention bias from radial basis
+functions of interatomic distances. A readout gives per-atom energies; the molecular
+energy is their sum plus per-element reference energies and an optional short-range
+ZBL repulsion prior. Forces are ``-dE/dx`` by autograd.
+
+Optional local attention (``attention_cutoff``): attention weights are multiplied by a
+smooth cosine envelope of the interatomic distance, ``w_ij ∝ exp(s_ij) φ(r_ij)`` with
+``φ(r) = (cos(π r / r_c) + 1) / 2`` for ``r < r_c`` and 0 beyond, so the energy and
+forces stay continuous when atoms cross the cutoff. The same function is evaluated
+densely (all pairs, padded batches, training) or, for large single structures, over a
+cell-list neighbour list so cost and memory grow linearly with the number of atoms.
 
 Translation and permutation invariance are exact. Rotation invariance is not built
 in: it is learned (``symmetry: transip`` or ``augment`` in training), or imposed at
 inference by frame averaging (:mod:`transip_openmm.frames`).
 
 Units: positions in Å, energies in eV, forces in eV/Å. The module is TorchScript
-compatible (``torch.jit.script``).
+compatible (``torch.jit.script``). For inference call
+:func:`prepare_for_inference` (parameters without gradients: otherwise autograd also
+computes weight gradients on every force evaluation).
 """
 
 from __future__ import annotations
@@ -35,11 +43,19 @@ MAX_ATOMIC_NUMBER = 94
 #: are representable (OMol25 spans -10..10 and 1..11).
 MAX_ABS_CHARGE = 10
 MAX_MULTIPLICITY = 11
+#: Added under the square root of squared distances (Å²): keeps d r / d x finite at r = 0.
+DISTANCE_EPS = 1e-12
 
 
 @dataclass
 class ModelConfig:
-    """Hyper-parameters of :class:`TransIPModel` (all lengths in Å)."""
+    """Hyper-parameters of :class:`TransIPModel` (all lengths in Å).
+
+    ``attention_cutoff`` (None = dense all-pairs attention) switches on local attention
+    with a smooth envelope; ``neighbor_list_min_atoms`` is the structure size from which
+    a single unpadded structure is evaluated with a neighbour list instead of all pairs
+    (both give the same function). Neither adds parameters.
+    """
 
     d_model: int = 128
     n_layers: int = 4
@@ -51,6 +67,12 @@ class ModelConfig:
     coord_scale: float = 5.0
     zbl_repulsion: bool = True
     zbl_switch_fraction: float = 0.75
+    attention_cutoff: Optional[float] = None
+    neighbor_list_min_atoms: int = 256
+
+    def __post_init__(self) -> None:
+        if self.attention_cutoff is not None and not self.attention_cutoff > 0.0:
+            raise ValueError(f"attention_cutoff must be > 0 Å or None, got {self.attention_cutoff}")
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "ModelConfig":
@@ -81,7 +103,20 @@ class RadialBasis(nn.Module):
     def forward(self, r: Tensor) -> Tensor:
         x = (r.unsqueeze(-1) - self.centers) / self.width
         envelope = 0.5 * (torch.cos(math.pi * torch.clamp(r / self.cutoff, max=1.0)) + 1.0)
-        return torch.exp(-0.5 * x * x) * envelope.unsqueeze(-1)
+        # exp(-80) ~ 2e-35: the clamp changes nothing measurable but keeps exp off its
+        # (about 10x slower) underflow path.
+        return torch.exp(torch.clamp(-0.5 * x * x, min=-80.0)) * envelope.unsqueeze(-1)
+
+
+def log_cosine_envelope(r: Tensor, cutoff: float, valid: Tensor) -> Tensor:
+    """``log φ(r)`` of the attention envelope, ``-inf`` where ``r >= cutoff`` or not ``valid``.
+
+    r: any shape, Å; valid: bool, same shape. Gradients are finite everywhere.
+    """
+    inside = valid & (r < cutoff)
+    phi = 0.5 * (torch.cos((math.pi / cutoff) * torch.clamp(r, max=cutoff)) + 1.0)
+    logphi = torch.log(torch.clamp(phi, min=1e-30))
+    return torch.where(inside, logphi, torch.full_like(logphi, -math.inf))
 
 
 class TransformerBlock(nn.Module):
@@ -93,6 +128,7 @@ class TransformerBlock(nn.Module):
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
         self.n_heads = n_heads
         self.d_head = d_model // n_heads
+        self.scale = 1.0 / math.sqrt(self.d_head)
         self.norm_attn = nn.LayerNorm(d_model)
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
@@ -100,13 +136,44 @@ class TransformerBlock(nn.Module):
         hidden = int(round(d_model * mlp_ratio))
         self.mlp = nn.Sequential(nn.Linear(d_model, hidden), nn.SiLU(), nn.Linear(hidden, d_model))
 
-    def forward(self, x: Tensor, attn_bias: Tensor) -> Tensor:
-        """x: (B, N, d); attn_bias: (B, H, N, N) additive logits (padding = large negative)."""
+    def forward(self, x: Tensor, attn_bias: Optional[Tensor]) -> Tensor:
+        """x: (B, N, d); attn_bias: additive logits (B, H, N, N) (padding = -1e9), or
+        (H, N, N) when B = 1, or None (no bias: fused attention)."""
         b, n, d = x.shape
-        qkv = self.qkv(self.norm_attn(x)).view(b, n, 3, self.n_heads, self.d_head)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
-        x = x + self.out(attn.transpose(1, 2).reshape(b, n, d))
+        y = self.qkv(self.norm_attn(x))
+        if attn_bias is None:
+            q, k, v = y.view(b, n, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4).unbind(0)
+            attn = F.scaled_dot_product_attention(q, k, v)
+            attn = attn.transpose(1, 2).reshape(b, n, d)
+        elif b == 1:
+            # One structure: strided (H, N, dh) views, scale and bias fused into baddbmm.
+            q, k, v = y.view(n, 3, self.n_heads, self.d_head).permute(1, 2, 0, 3).unbind(0)
+            scores = torch.baddbmm(attn_bias, q, k.transpose(1, 2), alpha=self.scale)
+            attn = torch.bmm(torch.softmax(scores, dim=-1), v)
+            attn = attn.transpose(0, 1).reshape(b, n, d)
+        else:
+            q, k, v = y.view(b, n, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4).unbind(0)
+            scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale + attn_bias
+            attn = torch.matmul(torch.softmax(scores, dim=-1), v)
+            attn = attn.transpose(1, 2).reshape(b, n, d)
+        x = x + self.out(attn)
+        return x + self.mlp(self.norm_mlp(x))
+
+    def forward_neighbors(self, x: Tensor, neighbors: Tensor, attn_bias: Tensor) -> Tensor:
+        """Local attention over a neighbour list.
+
+        x: (N, d); neighbors: (N, M) int64 indices into x; attn_bias: (N, H, M) additive
+        logits including ``log φ`` (``-inf`` on padding slots). Returns (N, d).
+        """
+        n, d = x.shape
+        qkv = self.qkv(self.norm_attn(x)).view(n, 3, self.n_heads, self.d_head)
+        q, k, v = qkv.unbind(1)  # (N, H, dh) each
+        k = k[neighbors].permute(0, 2, 3, 1)  # (N, H, dh, M)
+        v = v[neighbors].transpose(1, 2)  # (N, H, M, dh)
+        q = q.unsqueeze(2)  # (N, H, 1, dh)
+        scores = torch.matmul(q, k).squeeze(2) * self.scale + attn_bias  # (N, H, M)
+        attn = torch.matmul(torch.softmax(scores, dim=-1).unsqueeze(2), v)  # (N, H, 1, dh)
+        x = x + self.out(attn.reshape(n, d))
         return x + self.mlp(self.norm_mlp(x))
 
 
@@ -115,7 +182,9 @@ class ZBLRepulsion(nn.Module):
 
     The pair term is fully on below ``switch_fraction/2`` of the sum of covalent radii and
     zero above ``switch_fraction`` of it, so it only acts at distances no training
-    structure should reach and keeps MD away from nuclear fusion. Energy in eV.
+    structure should reach and keeps MD away from nuclear fusion. Energy in eV. When no
+    pair is closer than its switch-off distance the term (and its gradient, the switch
+    being C²) is exactly zero and its evaluation is skipped.
     """
 
     def __init__(self, covalent_radii: Tensor, switch_fraction: float) -> None:
@@ -124,12 +193,17 @@ class ZBLRepulsion(nn.Module):
         self.switch_fraction = float(switch_fraction)
         self.coulomb = float(COULOMB_EV_ANGSTROM)
 
-    def forward(self, z: Tensor, r: Tensor, pair_mask: Tensor) -> Tensor:
-        """z: (B, N) atomic numbers; r: (B, N, N) distances Å; pair_mask: (B, N, N) bool."""
-        zf = z.to(r.dtype)
-        zi = zf.unsqueeze(2)
-        zj = zf.unsqueeze(1)
-        a = 0.46850 / (zi.clamp(min=1.0) ** 0.23 + zj.clamp(min=1.0) ** 0.23)
+    def max_range(self) -> float:
+        """Largest switch-off distance of any element pair (Å)."""
+        return float(2.0 * self.switch_fraction * float(self.covalent_radii.max()))
+
+    def pair_energy(self, zi: Tensor, zj: Tensor, r: Tensor, pair_mask: Tensor) -> Tensor:
+        """Energy of each pair (eV); zi, zj int64 and r (Å), pair_mask bool, broadcastable."""
+        rcov = self.covalent_radii.to(r.dtype)
+        r_off = self.switch_fraction * (rcov[zi] + rcov[zj])
+        zif = zi.to(r.dtype)
+        zjf = zj.to(r.dtype)
+        a = 0.46850 / (zif.clamp(min=1.0) ** 0.23 + zjf.clamp(min=1.0) ** 0.23)
         x = r / a
         phi = (
             0.18175 * torch.exp(-3.19980 * x)
@@ -137,14 +211,62 @@ class ZBLRepulsion(nn.Module):
             + 0.28022 * torch.exp(-0.40290 * x)
             + 0.02817 * torch.exp(-0.20162 * x)
         )
-        rcov = self.covalent_radii.to(r.dtype)[z]
-        r_off = self.switch_fraction * (rcov.unsqueeze(2) + rcov.unsqueeze(1))
         r_on = 0.5 * r_off
         t = torch.clamp((r - r_on) / (r_off - r_on), 0.0, 1.0)
         switch = 1.0 - t * t * t * (t * (6.0 * t - 15.0) + 10.0)
-        pair = self.coulomb * zi * zj / r * phi * switch
-        pair = torch.where(pair_mask, pair, torch.zeros_like(pair))
-        return 0.5 * pair.sum(dim=(1, 2))
+        pair = self.coulomb * zif * zjf / r * phi * switch
+        return torch.where(pair_mask, pair, torch.zeros_like(pair))
+
+    def any_active(self, zi: Tensor, zj: Tensor, r: Tensor, pair_mask: Tensor) -> bool:
+        """Whether any masked pair is closer than its switch-off distance."""
+        rcov = self.covalent_radii.to(r.dtype)
+        r_off = self.switch_fraction * (rcov[zi] + rcov[zj])
+        return bool(((r.detach() < r_off) & pair_mask).any())
+
+    def forward(self, z: Tensor, r: Tensor, pair_mask: Tensor) -> Tensor:
+        """z: (B, N) atomic numbers; r: (B, N, N) distances Å; pair_mask: (B, N, N) bool."""
+        zi = z.unsqueeze(2)
+        zj = z.unsqueeze(1)
+        if not self.any_active(zi, zj, r, pair_mask):
+            return torch.zeros(z.shape[0], dtype=r.dtype, device=r.device)
+        return 0.5 * self.pair_energy(zi, zj, r, pair_mask).sum(dim=(1, 2))
+
+
+def neighbor_list(positions: Tensor, cutoff: float) -> Tuple[Tensor, Tensor]:
+    """Pairs closer than ``cutoff`` (self included) by a cell list, in O(N) time and memory.
+
+    positions: (N, 3) Å (not differentiated). Returns ``(neighbors (N, M) int64,
+    valid (N, M) bool)``: row i lists the atoms j with |x_j - x_i| < cutoff, padded
+    (``valid`` False) with index i up to M, the largest neighbour count.
+    """
+    pos = positions.detach()
+    n = pos.shape[0]
+    device = pos.device
+    cell = torch.floor((pos - pos.min(dim=0).values) / cutoff).to(torch.long) + 1
+    dims = cell.max(dim=0).values + 2  # one empty cell layer on each side: no wrap-around
+    stride = torch.stack([dims[1] * dims[2], dims[2], torch.ones_like(dims[2])])
+    cell_id = (cell * stride).sum(dim=1)
+    sorted_id, order = torch.sort(cell_id)
+    unique_id, counts = torch.unique_consecutive(sorted_id, return_counts=True)
+    k_max = int(counts.max())
+    ar = torch.arange(-1, 2, device=device)
+    offsets = torch.stack(torch.meshgrid(ar, ar, ar, indexing="ij"), dim=-1).reshape(27, 3)
+    neighbor_cell = cell_id.unsqueeze(1) + (offsets * stride).sum(dim=1)  # (N, 27)
+    start = torch.searchsorted(sorted_id, neighbor_cell)
+    end = torch.searchsorted(sorted_id, neighbor_cell, right=True)
+    slot = start.unsqueeze(-1) + torch.arange(k_max, device=device)  # (N, 27, K)
+    in_cell = slot < end.unsqueeze(-1)
+    candidates = order[slot.clamp(max=n - 1)].reshape(n, 27 * k_max)
+    in_cell = in_cell.reshape(n, 27 * k_max)
+    d = pos[candidates] - pos.unsqueeze(1)
+    close = in_cell & ((d * d).sum(dim=-1) < cutoff * cutoff)
+    n_close = close.sum(dim=1)
+    m = int(n_close.max())
+    rank = torch.argsort(close.to(torch.int8), dim=1, descending=True, stable=True)[:, :m]
+    neighbors = torch.gather(candidates, 1, rank)
+    valid = torch.arange(m, device=device).unsqueeze(0) < n_close.unsqueeze(1)
+    self_index = torch.arange(n, device=device).unsqueeze(1).expand(n, m)
+    return torch.where(valid, neighbors, self_index), valid
 
 
 class TransIPModel(nn.Module):
@@ -162,11 +284,15 @@ class TransIPModel(nn.Module):
         super().__init__()
         self.config_dict = config.to_dict()
         d = config.d_model
+        self.d_model = d
         self.n_heads = config.n_heads
         self.n_layers = config.n_layers
         self.coord_scale = float(config.coord_scale)
         self.use_distance_bias = bool(config.distance_bias)
         self.use_zbl = bool(config.zbl_repulsion)
+        self.use_attention_cutoff = config.attention_cutoff is not None
+        self.attention_cutoff = float(config.attention_cutoff) if config.attention_cutoff is not None else 0.0
+        self.neighbor_list_min_atoms = int(config.neighbor_list_min_atoms)
         self.max_abs_charge = MAX_ABS_CHARGE
         self.max_multiplicity = MAX_MULTIPLICITY
 
@@ -191,6 +317,77 @@ class TransIPModel(nn.Module):
             torch.tensor(covalent_radii[: MAX_ATOMIC_NUMBER + 1], dtype=torch.float32),
             config.zbl_switch_fraction,
         )
+        self.neighbor_cutoff = max(self.attention_cutoff, self.zbl.max_range()) if self.use_zbl else self.attention_cutoff
+
+    def _tokens(
+        self, atomic_numbers: Tensor, centred: Tensor, charge: Tensor, multiplicity: Tensor
+    ) -> Tensor:
+        """Input tokens (B, N, d) from atomic numbers and centred positions (B, N, 3) Å."""
+        charge_index = torch.clamp(charge + self.max_abs_charge, 0, 2 * self.max_abs_charge)
+        mult_index = torch.clamp(multiplicity, 0, self.max_multiplicity)
+        return (
+            self.element_embedding(atomic_numbers)
+            + self.coord_embedding(centred / self.coord_scale)
+            + (self.charge_embedding(charge_index) + self.multiplicity_embedding(mult_index)).unsqueeze(1)
+        )
+
+    def _embed_dense(
+        self,
+        atomic_numbers: Tensor,
+        positions: Tensor,
+        mask: Tensor,
+        charge: Tensor,
+        multiplicity: Tensor,
+        padded: bool,
+    ) -> Tuple[List[Tensor], Tensor]:
+        """All-pairs trunk; ``padded=False`` promises every atom is real (skips mask work)."""
+        b, n = atomic_numbers.shape
+        if padded:
+            maskf = mask.to(positions.dtype).unsqueeze(-1)
+            n_atoms = maskf.sum(dim=1, keepdim=True).clamp(min=1.0)
+            centroid = (positions * maskf).sum(dim=1, keepdim=True) / n_atoms
+            centred = (positions - centroid) * maskf
+            h = self._tokens(atomic_numbers, centred, charge, multiplicity) * maskf
+        else:
+            centred = positions - positions.mean(dim=1, keepdim=True)
+            h = self._tokens(atomic_numbers, centred, charge, multiplicity)
+
+        diff = positions.unsqueeze(2) - positions.unsqueeze(1)
+        r = torch.sqrt((diff * diff).sum(-1) + 1e-12)  # DISTANCE_EPS  # (B, N, N)
+
+        bias_all: Optional[Tensor] = None  # (L, B, H, N, N)
+        if self.use_distance_bias:
+            bias_all = self.bias_projection(self.rbf(r)).view(b, n, n, self.n_layers, self.n_heads)
+            bias_all = bias_all.permute(3, 0, 4, 1, 2)
+        extra: Optional[Tensor] = None  # (B, 1, N, N) or (B, 1, 1, N), same for every layer
+        if self.use_attention_cutoff:
+            valid = mask.unsqueeze(1).expand(b, n, n) if padded else torch.ones_like(r, dtype=torch.bool)
+            extra = log_cosine_envelope(r, self.attention_cutoff, valid).unsqueeze(1)
+            if padded:  # padding queries: keep their (unused) rows finite
+                extra = extra.masked_fill(~mask.view(b, 1, n, 1), 0.0)
+        elif padded:
+            key_pad = torch.zeros(b, 1, 1, n, dtype=positions.dtype, device=positions.device)
+            extra = key_pad.masked_fill(~mask.view(b, 1, 1, n), -1.0e9)
+        if bias_all is None:
+            if extra is not None:
+                bias_all = extra.unsqueeze(0).expand(self.n_layers, b, self.n_heads, n, n)
+        elif extra is not None:
+            bias_all = bias_all + extra.unsqueeze(0)
+
+        hidden: List[Tensor] = [h]
+        if bias_all is None:
+            for block in self.blocks:
+                h = block(h, None)
+                hidden.append(h)
+        else:
+            if b == 1:
+                bias_all = bias_all.squeeze(1)  # (L, H, N, N)
+            # unbind, not indexing: its backward is one stack instead of L zero-fills.
+            biases = bias_all.unbind(0)
+            for i, block in enumerate(self.blocks):
+                h = block(h, biases[i])
+                hidden.append(h)
+        return hidden, r
 
     def embed(
         self,
@@ -201,36 +398,45 @@ class TransIPModel(nn.Module):
         multiplicity: Tensor,
     ) -> Tuple[List[Tensor], Tensor]:
         """Token embeddings of every layer and the pairwise distances (B, N, N) Å."""
-        maskf = mask.to(positions.dtype).unsqueeze(-1)
-        n_atoms = maskf.sum(dim=1, keepdim=True).clamp(min=1.0)
-        centroid = (positions * maskf).sum(dim=1, keepdim=True) / n_atoms
-        centred = (positions - centroid) * maskf
+        return self._embed_dense(atomic_numbers, positions, mask, charge, multiplicity, True)
 
-        charge_index = torch.clamp(charge + self.max_abs_charge, 0, 2 * self.max_abs_charge)
-        mult_index = torch.clamp(multiplicity, 0, self.max_multiplicity)
-        h = (
-            self.element_embedding(atomic_numbers)
-            + self.coord_embedding(centred / self.coord_scale)
-            + (self.charge_embedding(charge_index) + self.multiplicity_embedding(mult_index)).unsqueeze(1)
-        ) * maskf
+    def _atom_energies(self, h: Tensor, atomic_numbers: Tensor) -> Tensor:
+        """Per-atom energies (eV), same leading shape as ``atomic_numbers``."""
+        atom_energy = self.readout(self.final_norm(h)).squeeze(-1)
+        return atom_energy * self.energy_scale + self.element_energies.to(h.dtype)[atomic_numbers]
 
-        diff = positions.unsqueeze(2) - positions.unsqueeze(1)
-        r = torch.sqrt((diff * diff).sum(-1) + 1e-12)
-        b, n = atomic_numbers.shape
-        key_pad = torch.zeros(b, 1, 1, n, dtype=positions.dtype, device=positions.device)
-        key_pad = key_pad.masked_fill(~mask.view(b, 1, 1, n), -1.0e9)
+    def _forward_neighbors(
+        self, atomic_numbers: Tensor, positions: Tensor, charge: Tensor, multiplicity: Tensor
+    ) -> Tuple[Tensor, List[Tensor]]:
+        """Local attention of one unpadded structure (B = 1) over a cell-list neighbour list."""
+        z = atomic_numbers[0]
+        pos = positions[0]
+        n = pos.shape[0]
+        h = self._tokens(atomic_numbers, positions - positions.mean(dim=1, keepdim=True), charge, multiplicity)[0]
+        neighbors, valid = neighbor_list(pos, self.neighbor_cutoff)
+        m = neighbors.shape[1]
+        diff = pos[neighbors] - pos.unsqueeze(1)  # (N, M, 3)
+        r = torch.sqrt((diff * diff).sum(-1) + 1e-12)  # DISTANCE_EPS
+        extra = log_cosine_envelope(r, self.attention_cutoff, valid).unsqueeze(1)  # (N, 1, M)
+        bias_all = extra.unsqueeze(0)  # (1, N, 1, M)
         if self.use_distance_bias:
-            bias_all = self.bias_projection(self.rbf(r))  # (B, N, N, H*L)
-            bias_all = bias_all.view(b, n, n, self.n_layers, self.n_heads).permute(3, 0, 4, 1, 2)
+            bias = self.bias_projection(self.rbf(r)).view(n, m, self.n_layers, self.n_heads)
+            bias_all = bias.permute(2, 0, 3, 1) + bias_all  # (L, N, H, M)
         else:
-            bias_all = torch.zeros(self.n_layers, b, self.n_heads, n, n, dtype=positions.dtype,
-                                   device=positions.device)
-
-        hidden: List[Tensor] = [h]
+            bias_all = bias_all.expand(self.n_layers, n, self.n_heads, m)
+        hidden: List[Tensor] = [h.unsqueeze(0)]
+        biases = bias_all.unbind(0)
         for i, block in enumerate(self.blocks):
-            h = block(h, bias_all[i] + key_pad)
-            hidden.append(h)
-        return hidden, r
+            h = block.forward_neighbors(h, neighbors, biases[i])
+            hidden.append(h.unsqueeze(0))
+        energy = self._atom_energies(h, z).sum().unsqueeze(0)
+        if self.use_zbl:
+            zj = z[neighbors]
+            zi = z.unsqueeze(1)
+            pair_mask = valid & (neighbors != torch.arange(n, device=pos.device).unsqueeze(1))
+            if self.zbl.any_active(zi, zj, r, pair_mask):
+                energy = energy + 0.5 * self.zbl.pair_energy(zi, zj, r, pair_mask).sum()
+        return energy, hidden
 
     def forward(
         self,
@@ -240,15 +446,22 @@ class TransIPModel(nn.Module):
         charge: Tensor,
         multiplicity: Tensor,
     ) -> Tuple[Tensor, List[Tensor]]:
-        hidden, r = self.embed(atomic_numbers, positions, mask, charge, multiplicity)
-        maskf = mask.to(positions.dtype)
-        atom_energy = self.readout(self.final_norm(hidden[-1])).squeeze(-1)
-        atom_energy = atom_energy * self.energy_scale + self.element_energies.to(positions.dtype)[atomic_numbers]
-        energy = (atom_energy * maskf).sum(dim=1)
+        b, n = atomic_numbers.shape
+        padded = not bool(mask.all())
+        if self.use_attention_cutoff and not padded and b == 1 and n >= self.neighbor_list_min_atoms:
+            return self._forward_neighbors(atomic_numbers, positions, charge, multiplicity)
+        hidden, r = self._embed_dense(atomic_numbers, positions, mask, charge, multiplicity, padded)
+        atom_energy = self._atom_energies(hidden[-1], atomic_numbers)
+        if padded:
+            energy = (atom_energy * mask.to(positions.dtype)).sum(dim=1)
+        else:
+            energy = atom_energy.sum(dim=1)
         if self.use_zbl:
-            n = atomic_numbers.shape[1]
             eye = torch.eye(n, dtype=torch.bool, device=positions.device).unsqueeze(0)
-            pair_mask = mask.unsqueeze(2) & mask.unsqueeze(1) & ~eye
+            if padded:
+                pair_mask = mask.unsqueeze(2) & mask.unsqueeze(1) & ~eye
+            else:
+                pair_mask = ~eye
             energy = energy + self.zbl(atomic_numbers, r, pair_mask)
         return energy, hidden
 
@@ -266,6 +479,19 @@ def compute_forces(energy: Tensor, positions: Tensor, training: bool = False) ->
     if grad is None:
         return torch.zeros_like(positions)
     return -grad
+
+
+def prepare_for_inference(model: nn.Module) -> nn.Module:
+    """Evaluation mode with parameters frozen (``requires_grad=False``), in place.
+
+    Forces need gradients with respect to positions only; with trainable parameters,
+    every force evaluation (and OpenMM-Torch's ``backward()``) would also compute weight
+    gradients, which costs about a third of the time of a small molecule.
+    """
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:
