@@ -1,4 +1,8 @@
-"""Fixtures of the OpenMM force tests: a small random-weight model, exported files, systems."""
+"""Helpers and fixtures of the OpenMM force tests: a small random-weight model, exported files, systems.
+
+Imported by ``conftest.py`` (fixtures) and by the test modules (helpers); a unique module name
+keeps it apart from other test folders' conftest modules.
+"""
 
 from __future__ import annotations
 
