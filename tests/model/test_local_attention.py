@@ -6,7 +6,7 @@ import torch
 
 from transip_openmm.model import neighbor_list
 
-from .conftest import energy_forces, inputs, make_model, random_molecule
+from model_helpers import energy_forces, inputs, make_model, random_molecule
 
 
 def test_neighbor_list_matches_brute_force():

@@ -12,7 +12,7 @@ from transip_openmm.model import (
     prepare_for_inference,
 )
 
-from .conftest import energy_forces, inputs, make_model, random_molecule
+from model_helpers import energy_forces, inputs, make_model, random_molecule
 
 CONFIGS = {
     "dense": {},
