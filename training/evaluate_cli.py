@@ -1,8 +1,10 @@
 """``transip evaluate MODEL DATA... --json OUT.json [--plot OUT.png]``.
 
-MODEL is a training checkpoint (``*.ckpt``) or an exported TorchScript file. An exported
-file computes one baked system (``forward(positions_nm (n, 3)) -> (energy kJ/mol,
-forces kJ/mol/nm)``); every structure evaluated with it must have that system's atoms.
+MODEL is a training checkpoint (``*.ckpt``) or an exported TorchScript file
+(``forward(positions_nm (n, 3)) -> (energy kJ/mol, forces kJ/mol/nm)``). An exported module
+with system buffers (``ml_indices`` ...) is specialised to each structure in turn
+(:func:`transip_openmm.system_spec.specialise_module`), so generic exports evaluate any data;
+a module without them must have been baked for the structures' exact atoms.
 """
 
 from __future__ import annotations
@@ -47,6 +49,17 @@ class ExportedPredictor:
         numbers = self.meta.get("atomic_numbers") or (self.meta.get("system") or {}).get("atomic_numbers")
         self.numbers: Optional[List[int]] = None if numbers is None else [int(z) for z in numbers]
         self.path = path
+        self.specialisable = hasattr(self.module, "ml_indices")
+
+    def _prepare(self, z: List[int], charge: int, multiplicity: int) -> None:
+        if self.specialisable:
+            from transip_openmm.system_spec import SystemSpec, specialise_module
+
+            spec = SystemSpec(atomic_numbers=z, ml_indices=list(range(len(z))), n_particles=len(z),
+                              charge=charge, multiplicity=multiplicity)
+            specialise_module(self.module, spec)
+        elif self.numbers is not None and z != self.numbers:
+            raise ArtifactError(f"{self.path} was exported for atoms {self.numbers}; the data has {z}")
 
     def __call__(self, batch: Batch) -> Tuple[np.ndarray, np.ndarray]:
         b, n = batch.numbers.shape
@@ -54,9 +67,7 @@ class ExportedPredictor:
         forces = np.zeros((b, n, 3))
         for k in range(b):
             na = int(batch.n_atoms[k])
-            z = batch.numbers[k, :na].tolist()
-            if self.numbers is not None and z != self.numbers:
-                raise ArtifactError(f"{self.path} was exported for atoms {self.numbers}; the data has {z}")
+            self._prepare(batch.numbers[k, :na].tolist(), int(batch.charge[k]), int(batch.multiplicity[k]))
             pos_nm = (batch.positions[k, :na] * ANGSTROM_TO_NM).to(self.device, torch.float32)
             out = self.module(pos_nm)
             e, f = out if isinstance(out, (tuple, list)) else (out, None)
