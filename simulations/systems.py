@@ -80,7 +80,7 @@ def topology_from_ase(atoms) -> app.Topology:
 
     numbers = atoms.get_atomic_numbers()
     ions = {3, 11, 19, 37, 55, 9, 17, 35, 53, 12, 20}
-    cutoffs = [0.0 if z in ions else c for z, c in zip(numbers, natural_cutoffs(atoms))]
+    cutoffs = [0.0 if z in ions else c for z, c in zip(numbers, natural_cutoffs(atoms, mult=1.2))]
     i_idx, j_idx = neighbor_list("ij", atoms, cutoffs, self_interaction=False)
     bonds = sorted({(int(min(i, j)), int(max(i, j))) for i, j in zip(i_idx, j_idx)})
     parent = list(range(len(atoms)))

@@ -1,0 +1,35 @@
+"""Fixtures for the simulation tests: a tiny random-weight exported model, made at test time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PROTOCOLS = REPO / "simulations" / "protocols"
+INPUTS = REPO / "simulations" / "inputs"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """An exported TransIP model with random weights (d_model=32, 2 layers) for H Li C N O F Na Cl."""
+    import torch
+
+    from transip_openmm.artifacts import save_checkpoint
+    from transip_openmm.export.exporter import export_checkpoint
+    from transip_openmm.model import ModelConfig, TransIPModel
+
+    torch.manual_seed(0)
+    config = ModelConfig(d_model=32, n_layers=2, n_heads=4)
+    model = TransIPModel(config)
+    folder = tmp_path_factory.mktemp("model")
+    save_checkpoint(folder / "tiny.ckpt", {"model_config": config.to_dict(), "model_state": model.state_dict(),
+                                           "elements": [1, 3, 6, 7, 8, 9, 11, 17]})
+    export_checkpoint(folder / "tiny.ckpt", folder / "tiny.pt")
+    return folder / "tiny.pt"
+
+
+def write_protocol(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path

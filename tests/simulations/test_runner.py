@@ -1,0 +1,152 @@
+"""The runner: outputs, checkpoint/resume after SIGKILL, blow-up detection."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mdtraj
+import numpy as np
+import pytest
+
+from transip_openmm.simulations.protocol import load_protocol
+from transip_openmm.simulations.runner import SimulationError, run_protocol
+
+REPO = Path(__file__).resolve().parents[2]
+INPUTS = REPO / "simulations" / "inputs"
+
+
+def _ml_vacuum(tmp_path: Path, model: Path, production: int = 600, platform: str = "Reference") -> Path:
+    path = tmp_path / "ml.yaml"
+    path.write_text(f"""
+name: resume-test
+system: {{structure: {INPUTS / 'alanine-dipeptide.pdb'}}}
+model: {{path: {model}}}
+integrator: {{type: LangevinMiddle, timestep_fs: 0.5, temperature_k: 300}}
+stages:
+  - {{type: minimize, max_iterations: 20}}
+  - {{type: nvt, steps: 40}}
+  - {{type: production, steps: {production}}}
+reporters:
+  trajectory: {{format: dcd, interval: 20}}
+  state_data: {{interval: 20}}
+  checkpoint: {{interval: 100}}
+platform: {platform}
+seed: 11
+""")
+    return path
+
+
+def _csv_steps(run: Path) -> list:
+    with open(run / "state_data.csv") as fh:
+        return [int(r["step"]) for r in csv.DictReader(fh)]
+
+
+def _simulate(*args: str) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "transip_openmm.cli", "simulate", *args, "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+
+
+def test_resume_after_sigkill_gives_a_seamless_trajectory(tmp_path: Path, tiny_model: Path) -> None:
+    protocol = _ml_vacuum(tmp_path, tiny_model, production=300)
+    reference = tmp_path / "reference"
+    run_protocol(load_protocol(protocol), reference, show_progress=False)
+
+    killed = tmp_path / "killed"
+    proc = _simulate(str(protocol), "--output", str(killed))
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill -9 once production has a checkpoint, mid-stage
+        progress = killed / "progress.json"
+        if progress.exists():
+            p = json.loads(progress.read_text())
+            if p["stage_index"] == 2 and p["step_in_stage"] >= 100:
+                break
+        if proc.poll() is not None:
+            pytest.fail(f"run ended before it could be killed:\n{proc.stdout.read()}")
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    p = json.loads((killed / "progress.json").read_text())
+    assert not p["done"] and 100 <= p["step_in_stage"] < 300
+    assert not (killed / "trajectory.dcd").exists()
+
+    resumed = _simulate(str(protocol), "--output", str(killed), "--resume")
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+
+    info = json.loads((killed / "run.json").read_text())
+    assert info["trajectory_frames"] == 300 // 20
+    assert info["frame_steps"] == list(range(60, 40 + 300 + 1, 20))  # global steps 60..340, no gap
+    top = str(killed / "topology.pdb")
+    traj = mdtraj.load(str(killed / "trajectory.dcd"), top=top)
+    ref = mdtraj.load(str(reference / "trajectory.dcd"), top=top)
+    assert traj.n_frames == ref.n_frames == 15
+    steps = _csv_steps(killed)
+    assert steps == sorted(set(steps)) == _csv_steps(reference)  # no duplicated or missing row
+    # Reference platform + RNG state in the checkpoint: the resumed run is the same trajectory
+    np.testing.assert_allclose(traj.xyz, ref.xyz, atol=1e-4)
+
+
+def test_existing_run_needs_resume_and_finished_run_resumes_to_nothing(tmp_path: Path, tiny_model: Path) -> None:
+    protocol = load_protocol(_ml_vacuum(tmp_path, tiny_model, production=40, platform="CPU"))
+    run_protocol(protocol, tmp_path / "run", show_progress=False)
+    with pytest.raises(SimulationError, match="--resume"):
+        run_protocol(protocol, tmp_path / "run", show_progress=False)
+    info = run_protocol(protocol, tmp_path / "run", resume=True, show_progress=False)
+    assert info["md_steps_this_run"] == 0 and info["trajectory_frames"] == 2
+
+
+def test_blow_up_names_the_step_and_writes_last_good_structure(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"""
+system: {{structure: {INPUTS / 'alanine-dipeptide.pdb'}}}
+model: {{path: none, forcefield: [amber14-all.xml]}}
+integrator: {{type: LangevinMiddle, timestep_fs: 10, temperature_k: 3000, friction_per_ps: 0.01}}
+stages: [{{type: production, steps: 5000}}]
+reporters: {{trajectory: {{interval: 10}}, state_data: {{interval: 10}}, checkpoint: {{interval: 1000}}}}
+platform: Reference
+""")
+    with pytest.raises(SimulationError) as info:
+        run_protocol(load_protocol(path), tmp_path / "run", show_progress=False)
+    message = str(info.value)
+    assert "blew up" in message and "step" in message and "last_good.pdb" in message
+    good = mdtraj.load(str(tmp_path / "run" / "last_good.pdb"))
+    assert np.isfinite(good.xyz).all() and good.n_atoms == 22
+
+
+def test_pure_mm_npt_run_outputs(tmp_path: Path) -> None:
+    path = tmp_path / "mm.yaml"
+    path.write_text(f"""
+system:
+  structure: {INPUTS / 'alanine-dipeptide.pdb'}
+  solvation: {{padding_nm: 1.0}}
+model: {{path: none, forcefield: [amber14-all.xml, amber14/tip3p.xml], cutoff_nm: 0.9}}
+integrator: {{type: LangevinMiddle, timestep_fs: 2, constraints: HBonds}}
+stages:
+  - {{type: minimize, max_iterations: 50}}
+  - {{type: npt, steps: 100, barostat_interval: 5}}
+  - {{type: production, steps: 100}}
+reporters: {{trajectory: {{format: xtc, interval: 20}}, state_data: {{interval: 20}}, checkpoint: {{interval: 100}}}}
+platform: CPU
+""")
+    info = run_protocol(load_protocol(path), tmp_path / "run", show_progress=False)
+    run = tmp_path / "run"
+    assert info["trajectory_frames"] == 5 and (run / "trajectory.xtc").exists()
+    with open(run / "state_data.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows] == list(range(20, 201, 20))
+    npt_volumes = {r["volume_nm3"] for r in rows if r["stage"] == "1-npt"}
+    prod_volumes = {r["volume_nm3"] for r in rows if r["stage"] == "2-production"}
+    assert len(npt_volumes) > 1  # the barostat acted in NPT
+    assert len(prod_volumes) == 1  # and is off in NVT production
+    density = float(rows[-1]["density_g_per_ml"])
+    assert 0.8 < density < 1.2
+    times = [float(r["time_ps"]) for r in rows]
+    np.testing.assert_allclose(np.diff(times), 0.04, atol=1e-9)  # continuous across stages
