@@ -2,8 +2,8 @@
 
 :class:`OpenMMTransIP` wraps a :class:`~transip_openmm.model.TransIPModel` for OpenMM:
 
-``forward(positions (n_particles, 3) nm[, box (3, 3) nm]) -> (energy () kJ/mol,
-forces (n_particles, 3) kJ/mol/nm)``, the signature openmm-torch's ``TorchForce`` calls with
+``forward(positions (n_particles, 3) nm[, box (3, 3) nm]) -> (energy () kJ/mol float64,
+forces (n_particles, 3) kJ/mol/nm, dtype of positions)``, the signature openmm-torch's ``TorchForce`` calls with
 ``setOutputsForces(True)``. Particles outside the ML region get zero force.
 
 State held as buffers/attributes (so a loaded ScriptModule can be specialised to a system
@@ -48,6 +48,11 @@ class OpenMMTransIP(nn.Module):
     ) -> None:
         super().__init__()
         self.model = model
+        # Per-element reference energies (eV) are added in float64 here rather than inside a
+        # float32 model: their sum (~1e6 kJ/mol) would otherwise round the energy to ~0.1 kJ/mol.
+        self.register_buffer("reference_energies", model.element_energies.detach().to(torch.float64).clone())
+        with torch.no_grad():
+            model.element_energies.zero_()
         z = list(atomic_numbers or [])
         idx = list(ml_indices) if ml_indices is not None else list(range(len(z)))
         if len(idx) != len(z):
@@ -100,6 +105,7 @@ class OpenMMTransIP(nn.Module):
             self.multiplicity,
         )
         energy = energy_ev.sum() * self.energy_scale
+        reference = self.reference_energies[self.atomic_numbers].sum() * self.energy_scale
         grads = torch.autograd.grad([energy], [pos])
         grad = grads[0]
         if grad is None:
@@ -110,7 +116,8 @@ class OpenMMTransIP(nn.Module):
                     "TransIP: the model returned a non-finite energy (atoms too close or far "
                     "outside the training data?)"
                 )
-        return energy.detach().to(positions.dtype), (-grad).to(positions.dtype)
+        total = energy.detach().to(torch.float64) + reference
+        return total, (-grad).to(positions.dtype)
 
     @staticmethod
     def make_whole(x: Tensor, box: Tensor) -> Tensor:

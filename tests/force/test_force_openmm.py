@@ -36,7 +36,9 @@ def test_float32_export_matches_python_model(alanine, generic32, backend):
     pos = positions_nm(alanine)
     e, f = energy_forces(system, pos, "Reference")
     e_ref, f_ref = python_model_energy_forces(atomic_numbers(alanine.topology), pos)
-    assert abs(e - e_ref) / abs(e_ref) < 1e-6  # float32 relative precision of a ~1e6 kJ/mol total
+    # Element references are summed in float64 by the wrapper: the ~1e6 kJ/mol total is not
+    # rounded to float32 (which would be ~0.1 kJ/mol); measured |dE| ~ 1e-5 kJ/mol.
+    assert abs(e - e_ref) < 1e-3
     np.testing.assert_allclose(f, f_ref, atol=1e-3 * np.abs(f_ref).max())
 
 
