@@ -1,0 +1,56 @@
+"""mdtraj analysis functions on configurations with known answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mdtraj
+import numpy as np
+import pytest
+
+from transip_openmm.simulations import analysis as A
+
+REPO = Path(__file__).resolve().parents[2]
+INPUTS = REPO / "simulations" / "inputs"
+
+
+def _gas(n_frames: int = 50, n: int = 400, box: float = 3.0, seed: int = 0) -> mdtraj.Trajectory:
+    top = mdtraj.Topology()
+    chain = top.add_chain()
+    for _ in range(n):
+        top.add_atom("O", mdtraj.element.oxygen, top.add_residue("HOH", chain))
+    xyz = np.random.default_rng(seed).uniform(0, box, (n_frames, n, 3)).astype(np.float32)
+    return mdtraj.Trajectory(xyz, top, unitcell_lengths=np.full((n_frames, 3), box),
+                             unitcell_angles=np.full((n_frames, 3), 90.0))
+
+
+def test_rdf_of_ideal_gas_is_one() -> None:
+    traj = _gas()
+    r, g = A.compute_rdf(traj, [0, 1, 2, 3], list(range(4, 400)), r_max_nm=1.2, n_bins=12)
+    assert r.shape == g.shape == (12,)
+    assert np.mean(g[3:]) == pytest.approx(1.0, abs=0.05)
+
+
+def test_coordination_number_counts_neighbours_within_cutoff() -> None:
+    top = mdtraj.Topology()
+    chain = top.add_chain()
+    for name, el in [("NA", mdtraj.element.sodium)] + [("O", mdtraj.element.oxygen)] * 4:
+        top.add_atom(name, el, top.add_residue(name, chain))
+    xyz = np.array([[[0, 0, 0], [0.24, 0, 0], [0, 0.25, 0], [0, 0, -0.30], [0.5, 0, 0]]], np.float32)
+    traj = mdtraj.Trajectory(np.repeat(xyz, 2, axis=0), top)
+    cn = A.compute_coordination_number(traj, 0, [1, 2, 3, 4], cutoff_nm=0.32)
+    np.testing.assert_array_equal(cn, [3.0, 3.0])
+    assert A.find_ions(top) == {0: "Na"}
+
+
+def test_ramachandran_and_rmsd_of_alanine_dipeptide() -> None:
+    traj = mdtraj.load(str(INPUTS / "alanine-dipeptide.pdb"))
+    phi, psi = A.compute_ramachandran(traj)
+    assert phi.shape == psi.shape == (1, 1)
+    _, ref_phi = mdtraj.compute_phi(traj)
+    assert phi[0, 0] == pytest.approx(np.degrees(ref_phi[0, 0]))
+    assert -180 <= phi[0, 0] <= 180 and -180 <= psi[0, 0] <= 180
+    two = mdtraj.join([traj, traj])
+    two.xyz[1] = two.xyz[1] @ np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1]], np.float32).T + 1.0
+    np.testing.assert_allclose(A.compute_rmsd(two), [0.0, 0.0], atol=1e-3)  # rigid motion only
+    assert len(A.peptide_atoms(traj.topology)) == 22
