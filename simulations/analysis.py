@@ -7,8 +7,8 @@ here and said so), times in ps, energies in kJ/mol, temperatures in K, densities
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -18,20 +18,20 @@ ION_O_CUTOFF_NM = {"Li": 0.28, "Na": 0.32, "K": 0.36, "Rb": 0.38, "Cs": 0.40, "M
                    "Ca": 0.32, "F": 0.32, "Cl": 0.38, "Br": 0.40, "I": 0.42}
 
 
-def read_state_data(path: Path) -> Dict[str, np.ndarray]:
+def read_state_data(path: Path) -> dict[str, np.ndarray]:
     """Columns of ``state_data.csv`` as arrays (``stage`` as str, the rest float)."""
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     if not rows:
         return {}
-    out: Dict[str, np.ndarray] = {}
+    out: dict[str, np.ndarray] = {}
     for key in rows[0]:
         values = [r[key] for r in rows]
         out[key] = np.array(values) if key == "stage" else np.array([float(v) for v in values])
     return out
 
 
-def compute_rmsd(traj, atom_indices: Optional[Sequence[int]] = None, reference_frame: int = 0) -> np.ndarray:
+def compute_rmsd(traj, atom_indices: Sequence[int] | None = None, reference_frame: int = 0) -> np.ndarray:
     """RMSD (n_frames,) in nm of ``atom_indices`` after optimal superposition on frame
     ``reference_frame`` (same atoms)."""
     import mdtraj
@@ -40,7 +40,7 @@ def compute_rmsd(traj, atom_indices: Optional[Sequence[int]] = None, reference_f
     return mdtraj.rmsd(traj, traj, reference_frame, atom_indices=idx)
 
 
-def compute_ramachandran(traj) -> Tuple[np.ndarray, np.ndarray]:
+def compute_ramachandran(traj) -> tuple[np.ndarray, np.ndarray]:
     """Backbone dihedrals φ and ψ in degrees, each (n_frames, n_angles) in [-180, 180)."""
     import mdtraj
 
@@ -60,7 +60,7 @@ def compute_pair_distances(traj, centers: Sequence[int], partners: Sequence[int]
 
 
 def compute_rdf(traj, centers: Sequence[int], partners: Sequence[int], r_max_nm: float = 0.8,
-                n_bins: int = 80) -> Tuple[np.ndarray, np.ndarray]:
+                n_bins: int = 80) -> tuple[np.ndarray, np.ndarray]:
     """Radial distribution function of ``partners`` around ``centers``.
 
     Returns ``(r, g)``: bin centres (n_bins,) in nm and g(r) (n_bins,) (dimensionless). With a
@@ -85,7 +85,7 @@ def compute_coordination_number(traj, center: int, partners: Sequence[int], cuto
     return (d < cutoff_nm).sum(axis=1).astype(float)
 
 
-def find_ions(topology) -> Dict[int, str]:
+def find_ions(topology) -> dict[int, str]:
     """Atom index -> element symbol of single-atom residues that are ions (mdtraj topology)."""
     out = {}
     for residue in topology.residues:

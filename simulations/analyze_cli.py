@@ -11,10 +11,9 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 import numpy as np
-
 from transip_openmm.simulations import analysis as A
 
 logger = logging.getLogger(__name__)
@@ -26,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where to write plots and summary.json (default RUN_DIR/analysis)")
 
 
-def _stats(x: np.ndarray) -> Dict[str, float]:
+def _stats(x: np.ndarray) -> dict[str, float]:
     x = np.asarray(x, float)
     x = x[np.isfinite(x)]
     if x.size == 0:
@@ -34,7 +33,7 @@ def _stats(x: np.ndarray) -> Dict[str, float]:
     return {"mean": float(x.mean()), "std": float(x.std()), "min": float(x.min()), "max": float(x.max())}
 
 
-def _plot_traces(data: Dict[str, np.ndarray], out: Path, periodic: bool) -> Path:
+def _plot_traces(data: dict[str, np.ndarray], out: Path, periodic: bool) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,7 +58,7 @@ def _plot_traces(data: Dict[str, np.ndarray], out: Path, periodic: bool) -> Path
     return path
 
 
-def analyze_run(run_dir: Path, out: Path) -> Dict[str, Any]:
+def analyze_run(run_dir: Path, out: Path) -> dict[str, Any]:
     """Write plots into ``out`` and return the summary (also written to ``out/summary.json``)."""
     import matplotlib
 
@@ -69,13 +68,13 @@ def analyze_run(run_dir: Path, out: Path) -> Dict[str, Any]:
     run_dir = Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
-    summary: Dict[str, Any] = {"run_dir": str(run_dir), "protocol": info.get("protocol"), "plots": []}
-    plots: List[Path] = []
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "protocol": info.get("protocol"), "plots": []}
+    plots: list[Path] = []
     data = A.read_state_data(run_dir / "state_data.csv")
     periodic = bool(data) and np.isfinite(data["volume_nm3"]).any()
     if data:
         summary["state_data"] = {
-            "rows": int(len(data["step"])),
+            "rows": len(data["step"]),
             "potential_kj_per_mol": _stats(data["potential_kj_per_mol"]),
             "temperature_k": _stats(data["temperature_k"]),
             "max_force_kj_per_mol_nm": _stats(data["max_force_kj_per_mol_nm"]),
@@ -91,7 +90,6 @@ def analyze_run(run_dir: Path, out: Path) -> Dict[str, Any]:
     traj_name = info.get("trajectory")
     if traj_name and (run_dir / traj_name).exists():
         import mdtraj
-
         from transip_openmm.simulations.runner import quiet_stdout
 
         with quiet_stdout():

@@ -23,7 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from transip_openmm.simulations.analyze_cli import analyze_run
-    from transip_openmm.simulations.protocol import ProtocolError, bundled_protocols_dir, load_protocol
+    from transip_openmm.simulations.protocol import (
+        ProtocolError,
+        bundled_protocols_dir,
+        load_protocol,
+    )
     from transip_openmm.simulations.runner import SimulationError, run_protocol
 
     try:

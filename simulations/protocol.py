@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import yaml
 
@@ -57,8 +58,8 @@ class Solvation:
     """Solvent box built by OpenMM's Modeller (lengths in nm, ionic strength in mol/L)."""
 
     water_model: str = "tip3p"
-    padding_nm: Optional[float] = None
-    box_nm: Optional[List[float]] = None
+    padding_nm: float | None = None
+    box_nm: list[float] | None = None
     ionic_strength_molar: float = 0.0
     positive_ion: str = "Na+"
     negative_ion: str = "Cl-"
@@ -72,8 +73,8 @@ class SystemSpec:
     structure: Path
     charge: int = 0
     multiplicity: int = 1
-    solvation: Optional[Solvation] = None
-    box_nm: Optional[List[float]] = None
+    solvation: Solvation | None = None
+    box_nm: list[float] | None = None
 
 
 @dataclass
@@ -83,7 +84,7 @@ class ModelSpec:
     path: str = "default"
     ml_region: str = "all"
     ml_shell_nm: float = 0.0
-    forcefield: List[str] = field(default_factory=list)
+    forcefield: list[str] = field(default_factory=list)
     nonbonded_method: str = "auto"
     cutoff_nm: float = 1.0
     backend: str = "auto"
@@ -103,7 +104,7 @@ class IntegratorSpec:
     timestep_fs: float = 0.5
     constraints: str = "none"
     rigid_water: bool = True
-    hydrogen_mass_amu: Optional[float] = None
+    hydrogen_mass_amu: float | None = None
 
 
 @dataclass
@@ -118,7 +119,7 @@ class StageSpec:
     pressure_bar: float = 1.0
     barostat_interval: int = 25
     ensemble: str = "nvt"
-    time_ps: Optional[float] = None
+    time_ps: float | None = None
 
     @property
     def is_md(self) -> bool:
@@ -152,14 +153,14 @@ class Protocol:
     system: SystemSpec
     model: ModelSpec
     integrator: IntegratorSpec
-    stages: List[StageSpec]
+    stages: list[StageSpec]
     reporters: ReporterSpec
     platform: str = "auto"
     precision: str = "mixed"
     seed: int = 0
-    source: Optional[Path] = None
+    source: Path | None = None
 
-    def capped(self, max_steps: Optional[int]) -> "Protocol":
+    def capped(self, max_steps: int | None) -> Protocol:
         """Copy with every stage's steps (and minimiser iterations) capped at ``max_steps``."""
         if max_steps is None:
             return self
@@ -171,7 +172,7 @@ class Protocol:
             stage.max_iterations = min(stage.max_iterations, max_steps)
         return out
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """Plain-data view (paths as strings) for logging and ``protocol.resolved.yaml``."""
         data = asdict(self)
         data["system"]["structure"] = str(self.system.structure)
@@ -196,7 +197,7 @@ class _Section:
     def key(self, name: str) -> str:
         return f"{self.where}.{name}" if self.where else name
 
-    def get(self, name: str, kind: Union[type, Tuple[type, ...]], default: Any = _MISSING) -> Any:
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = _MISSING) -> Any:
         self.used.add(name)
         if name not in self.data or self.data[name] is None and default is not _MISSING:
             if default is _MISSING:
@@ -211,7 +212,7 @@ class _Section:
             raise ProtocolError(f"{self.key(name)}: expected {_describe(kind)}, got {_kind(value)} {value!r}")
         return value
 
-    def number(self, name: str, default: Any = _MISSING, *, minimum: Optional[float] = None,
+    def number(self, name: str, default: Any = _MISSING, *, minimum: float | None = None,
                positive: bool = False, integer: bool = False) -> Any:
         value = self.get(name, int if integer else float, default)
         if value is None:
@@ -243,14 +244,14 @@ def _kind(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _describe(kind: Union[type, Tuple[type, ...]]) -> str:
+def _describe(kind: type | tuple[type, ...]) -> str:
     names = {int: "an integer", float: "a number", str: "a string", bool: "true/false",
              list: "a list", dict: "a mapping"}
     kinds = kind if isinstance(kind, tuple) else (kind,)
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-def _vector3(section: _Section, name: str) -> Optional[List[float]]:
+def _vector3(section: _Section, name: str) -> list[float] | None:
     value = section.get(name, list, None)
     if value is None:
         return None
@@ -414,7 +415,7 @@ def _parse_reporters(data: Any) -> ReporterSpec:
 
 
 def parse_protocol(data: Any, base: Path, check_files: bool = True,
-                   source: Optional[Path] = None) -> Protocol:
+                   source: Path | None = None) -> Protocol:
     """Validate a protocol mapping; relative paths are resolved against ``base``."""
     top = _Section(data, "")
     name = top.get("name", str, source.stem if source else "protocol")
@@ -472,7 +473,7 @@ def _check_consistency(p: Protocol) -> None:
                             f"{p.integrator.hydrogen_mass_amu}")
 
 
-def load_protocol(path: Union[str, Path], check_files: bool = True) -> Protocol:
+def load_protocol(path: str | Path, check_files: bool = True) -> Protocol:
     """Read and validate a protocol YAML file."""
     path = Path(path).resolve()
     if not path.is_file():

@@ -30,13 +30,12 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import numpy as np
 import openmm
 import yaml
 from openmm import app, unit
-
 from transip_openmm.simulations.protocol import IntegratorSpec, Protocol, StageSpec
 from transip_openmm.simulations.systems import BuiltSystem, build_system
 
@@ -83,7 +82,7 @@ def choose_platform(name: str) -> openmm.Platform:
     return openmm.Platform.getPlatformByName(name)
 
 
-def platform_properties(platform: openmm.Platform, precision: str) -> Dict[str, str]:
+def platform_properties(platform: openmm.Platform, precision: str) -> dict[str, str]:
     if platform.getName() in ("CUDA", "OpenCL", "HIP"):
         return {"Precision": precision}
     return {}
@@ -125,15 +124,15 @@ class Runner:
     """Runs ``protocol`` into ``output``; ``resume`` continues from ``progress.json``."""
 
     def __init__(self, protocol: Protocol, output: Path, resume: bool = False,
-                 platform: Optional[str] = None, show_progress: bool = True) -> None:
+                 platform: str | None = None, show_progress: bool = True) -> None:
         self.protocol = protocol
         self.out = Path(output)
         self.resume = resume
         self.platform_name = platform or protocol.platform
         self.show_progress = show_progress
-        self.built: Optional[BuiltSystem] = None
-        self.progress: Dict[str, Any] = {}
-        self.last_good: Optional[tuple] = None  # (global step, positions (N,3) nm, box)
+        self.built: BuiltSystem | None = None
+        self.progress: dict[str, Any] = {}
+        self.last_good: tuple | None = None  # (global step, positions (N,3) nm, box)
 
     # ---- setup
     def _prepare_directory(self) -> None:
@@ -176,7 +175,7 @@ class Runner:
         _atomic_write(self.out / PROGRESS_FILE, json.dumps(self.progress, indent=1))
 
     # ---- main entry
-    def run(self) -> Dict[str, Any]:
+    def run(self) -> dict[str, Any]:
         p = self.protocol
         self._prepare_directory()
         (self.out / "protocol.resolved.yaml").write_text(yaml.safe_dump(p.to_dict(), sort_keys=False))
@@ -235,7 +234,7 @@ class Runner:
             barostat.setDefaultPressure(stage.pressure_bar * unit.bar)
         return system
 
-    def _run_stage(self, index: int, stage: StageSpec, previous: Optional[openmm.State]) -> openmm.State:
+    def _run_stage(self, index: int, stage: StageSpec, previous: openmm.State | None) -> openmm.State:
         p = self.protocol
         integrator = make_integrator(p.integrator, stage, p.seed + index)
         try:
@@ -390,7 +389,7 @@ class Runner:
         with open(self.out / "state_data.csv", "a", newline="") as fh:
             csv.writer(fh).writerow(row)
 
-    def _open_chunk(self, stage: StageSpec, step: int, global_step: int) -> Dict[str, Any]:
+    def _open_chunk(self, stage: StageSpec, step: int, global_step: int) -> dict[str, Any]:
         fmt = self.protocol.reporters.trajectory_format
         name = f"{stage.name}_{step:010d}.{fmt}"
         path = self.out / "chunks" / name
@@ -405,7 +404,7 @@ class Runner:
         return {"name": name, "fh": fh, "file": file, "first_step": step, "first_global_step": global_step,
                 "n_frames": 0}
 
-    def _write_frame(self, writer: Dict[str, Any], sim: app.Simulation) -> None:
+    def _write_frame(self, writer: dict[str, Any], sim: app.Simulation) -> None:
         state = sim.context.getState(getPositions=True, enforcePeriodicBox=False)
         box = state.getPeriodicBoxVectors() if self.built.periodic else None
         writer["file"].writeModel(state.getPositions(), periodicBoxVectors=box)
@@ -439,7 +438,7 @@ class Runner:
                            "(random number stream restarts)", chk.name, exc)
             sim.loadState(str(self.out / "checkpoints" / self.progress["state_xml"]))
 
-    def _finish(self, state: Optional[openmm.State], wall: float, steps_done: int) -> Dict[str, Any]:
+    def _finish(self, state: openmm.State | None, wall: float, steps_done: int) -> dict[str, Any]:
         p = self.protocol
         if state is None and self.progress.get("stage_start_xml"):
             state = openmm.XmlSerializer.deserialize(
@@ -497,7 +496,7 @@ def _carry_state(sim: app.Simulation, state: openmm.State) -> None:
     sim.context.setTime(state.getTime())
 
 
-def _describe_ml_force(built: Optional[BuiltSystem]) -> str:
+def _describe_ml_force(built: BuiltSystem | None) -> str:
     if built is None or built.ml_force is None:
         return "none (pure MM)"
     force = built.ml_force
@@ -525,7 +524,7 @@ def quiet_stdout():
         os.close(devnull)
 
 
-def stitch_trajectory(out: Path, fmt: str, chunks: List[Dict[str, Any]]) -> Optional[Path]:
+def stitch_trajectory(out: Path, fmt: str, chunks: list[dict[str, Any]]) -> Path | None:
     """Concatenate the committed chunks into ``trajectory.<fmt>`` (None without frames)."""
     files = [out / "chunks" / c["file"] for c in chunks if c["n_frames"] > 0]
     if not files:
@@ -542,7 +541,7 @@ def stitch_trajectory(out: Path, fmt: str, chunks: List[Dict[str, Any]]) -> Opti
     return path
 
 
-def run_protocol(protocol: Protocol, output: Path, resume: bool = False, platform: Optional[str] = None,
-                 show_progress: bool = True) -> Dict[str, Any]:
+def run_protocol(protocol: Protocol, output: Path, resume: bool = False, platform: str | None = None,
+                 show_progress: bool = True) -> dict[str, Any]:
     """Run ``protocol`` into ``output``; returns the run summary (also in ``run.json``)."""
     return Runner(protocol, output, resume=resume, platform=platform, show_progress=show_progress).run()

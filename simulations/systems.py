@@ -16,15 +16,14 @@ Internal units are OpenMM's: nm, kJ/mol, ps, amu.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import openmm
 from openmm import app, unit
-
 from transip_openmm.simulations.protocol import (
     ASE_STRUCTURE_SUFFIXES,
     ModelSpec,
@@ -32,6 +31,7 @@ from transip_openmm.simulations.protocol import (
     ProtocolError,
     Solvation,
 )
+
 from transip_openmm.units import ANGSTROM_TO_NM
 
 logger = logging.getLogger(__name__)
@@ -48,13 +48,13 @@ class BuiltSystem:
     topology: app.Topology
     positions: np.ndarray
     system: openmm.System
-    ml_atoms: List[int]
+    ml_atoms: list[int]
     periodic: bool
-    ml_force: Optional[openmm.Force] = None
+    ml_force: openmm.Force | None = None
 
 
 # --------------------------------------------------------------------------- structures
-def load_structure(path: Path) -> Tuple[app.Topology, np.ndarray]:
+def load_structure(path: Path) -> tuple[app.Topology, np.ndarray]:
     """Topology and (N, 3) positions in nm of a PDB/mmCIF/XYZ/SDF file."""
     path = Path(path)
     suffix = path.suffix.lower()
@@ -125,7 +125,7 @@ def topology_from_ase(atoms) -> app.Topology:
 
 
 def solvate(topology: app.Topology, positions: np.ndarray, spec: Solvation,
-            forcefield: app.ForceField) -> Tuple[app.Topology, np.ndarray]:
+            forcefield: app.ForceField) -> tuple[app.Topology, np.ndarray]:
     """Add water and ions with OpenMM's Modeller. Positions in nm."""
     modeller = app.Modeller(topology, positions * unit.nanometer)
     kwargs = dict(
@@ -149,7 +149,7 @@ def solvate(topology: app.Topology, positions: np.ndarray, spec: Solvation,
 
 # --------------------------------------------------------------------------- ML region
 def select_ml_atoms(topology: app.Topology, positions: np.ndarray, selection: str,
-                    shell_nm: float = 0.0) -> List[int]:
+                    shell_nm: float = 0.0) -> list[int]:
     """Atom indices of the mdtraj ``selection``, grown by whole residues within ``shell_nm``.
 
     Distances for the shell use the minimum image when the topology is periodic.
@@ -187,7 +187,7 @@ def remove_ml_interactions(system: openmm.System, ml_atoms: Sequence[int]) -> No
     are kept. Raises for a force type it does not know how to split.
     """
     ml = set(int(i) for i in ml_atoms)
-    inside = lambda *atoms: all(a in ml for a in atoms)  # noqa: E731
+    inside = lambda *atoms: all(a in ml for a in atoms)
     for index in range(system.getNumForces()):
         force = system.getForce(index)
         if isinstance(force, openmm.HarmonicBondForce):
@@ -244,7 +244,7 @@ def _rebuild_cmap(system: openmm.System, index: int, force: openmm.CMAPTorsionFo
     system.addForce(new)
 
 
-def create_ml_force(model: ModelSpec, topology: app.Topology, atoms: Optional[List[int]],
+def create_ml_force(model: ModelSpec, topology: app.Topology, atoms: list[int] | None,
                     charge: int, multiplicity: int, periodic: bool) -> openmm.Force:
     """The ML force for ``atoms`` (None = all atoms). The single place the ML force is built."""
     from transip_openmm.force import TransIPForce
@@ -253,7 +253,7 @@ def create_ml_force(model: ModelSpec, topology: app.Topology, atoms: Optional[Li
                         backend=model.backend, periodic=periodic)
 
 
-def ml_region_mm_charge(system: openmm.System, ml_atoms: Sequence[int]) -> Optional[float]:
+def ml_region_mm_charge(system: openmm.System, ml_atoms: Sequence[int]) -> float | None:
     """Sum of the MM partial charges (e) of the ML atoms, or None without a NonbondedForce."""
     for force in system.getForces():
         if isinstance(force, openmm.NonbondedForce):

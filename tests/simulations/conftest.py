@@ -15,9 +15,9 @@ INPUTS = REPO / "simulations" / "inputs"
 def tiny_model(tmp_path_factory) -> Path:
     """An exported TransIP model with random weights (d_model=32, 2 layers) for H Li C N O F Na Cl."""
     import torch
+    from transip_openmm.export.exporter import export_checkpoint
 
     from transip_openmm.artifacts import save_checkpoint
-    from transip_openmm.export.exporter import export_checkpoint
     from transip_openmm.model import ModelConfig, TransIPModel
 
     torch.manual_seed(0)

@@ -7,7 +7,6 @@ from pathlib import Path
 import mdtraj
 import numpy as np
 import pytest
-
 from transip_openmm.simulations import analysis as A
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from transip_openmm.simulations.protocol import ProtocolError, load_protocol, parse_protocol
 
 REPO = Path(__file__).resolve().parents[2]

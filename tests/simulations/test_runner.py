@@ -14,7 +14,6 @@ from pathlib import Path
 import mdtraj
 import numpy as np
 import pytest
-
 from transip_openmm.simulations.protocol import load_protocol
 from transip_openmm.simulations.runner import SimulationError, run_protocol
 

@@ -8,7 +8,6 @@ import numpy as np
 import openmm
 import pytest
 from openmm import app, unit
-
 from transip_openmm.simulations.protocol import ProtocolError, parse_protocol
 from transip_openmm.simulations.systems import (
     build_system,
