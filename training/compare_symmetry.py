@@ -21,7 +21,7 @@ from typing import Dict, List, Optional
 from transip_openmm.artifacts import load_checkpoint, model_from_checkpoint
 from transip_openmm.cli import main as transip_main
 from transip_openmm.training.config import load_config
-from transip_openmm.training.evaluate import ModelPredictor, evaluate
+from transip_openmm.training.evaluate import ModelPredictor, evaluate, latent_equivariance_error
 from transip_openmm.training.trainer import prepare_data
 
 logger = logging.getLogger(__name__)
@@ -54,9 +54,11 @@ def compare(config: Path, output: Path, max_steps: Optional[int], modes: List[st
             if transip_main(argv) != 0:
                 raise RuntimeError(f"training {mode} failed")
         summary = json.loads((run_dir / "summary.json").read_text())
-        model = model_from_checkpoint(load_checkpoint(run_dir / "last.ckpt"))
+        checkpoint = load_checkpoint(run_dir / "last.ckpt")
+        model = model_from_checkpoint(checkpoint)
         metrics = evaluate(ModelPredictor(model), val, cfg.data.max_atoms_per_batch,
                            rotation_structures=rotation_structures, n_rotations=8, seed=0)
+        metrics["latent_equiv_err_rel"] = latent_equivariance_error(checkpoint, val, rotation_structures)
         metrics.update({k: summary[k] for k in ("structures_per_s", "atoms_per_s", "step", "train_time_s")})
         results[mode] = metrics
         logger.info("%s: %s", mode, metrics)

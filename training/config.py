@@ -53,7 +53,9 @@ class ObjectiveConfig:
     ``equiv_weight`` is λ; ``layers`` index the hidden states (0 = input tokens,
     i = output of block i, negative from the end); ``temperature`` is the InfoNCE τ.
     ``energy_scale``: ``residual`` (per-atom std of the least-squares residual),
-    ``force_rms`` or a number in eV.
+    ``force_rms`` or a number in eV. ``force_loss``: ``mse`` or ``huber`` (on forces divided
+    by the training force RMS, quadratic below ``huber_delta``): robust to the few very large
+    forces of OMol25's high-energy samples.
     """
 
     symmetry: str = "none"
@@ -64,6 +66,8 @@ class ObjectiveConfig:
     temperature: float = 0.1
     transform_hidden: int = 256
     energy_scale: Union[str, float] = "residual"
+    force_loss: str = "mse"
+    huber_delta: float = 1.0
 
 
 @dataclass
@@ -134,6 +138,8 @@ class TrainConfig:
         es = self.objective.energy_scale
         if isinstance(es, str) and es not in ("residual", "force_rms"):
             raise ConfigError(f"objective.energy_scale must be 'residual', 'force_rms' or a number, got {es!r}")
+        if self.objective.force_loss not in ("mse", "huber"):
+            raise ConfigError(f"objective.force_loss must be 'mse' or 'huber', got {self.objective.force_loss!r}")
         self.model_config()
 
 

@@ -92,7 +92,7 @@ def load_predictor(path: Path, device: str = "cpu", use_ema: bool = True):
                                 f"({export_error})") from export_error
         return pred, pred.meta.get("elements"), {"kind": "exported", "metadata": pred.meta}
     model = model_from_checkpoint(data, use_ema=use_ema).to(device)
-    info = {"kind": "checkpoint", "step": data.get("step"), "symmetry": data.get("symmetry")}
+    info = {"kind": "checkpoint", "step": data.get("step"), "symmetry": data.get("symmetry"), "checkpoint": data}
     return ModelPredictor(model, device=device), data["elements"], info
 
 
@@ -105,8 +105,14 @@ def run(args: argparse.Namespace) -> int:
     with torch.inference_mode(False):
         result = evaluate(predictor, dataset, args.max_atoms, args.rotation_structures, args.rotations,
                           args.seed, progress=True)
+    if info.get("kind") == "checkpoint" and args.rotation_structures > 0:
+        from transip_openmm.training.evaluate import latent_equivariance_error
+
+        latent = latent_equivariance_error(info["checkpoint"], dataset, args.rotation_structures)
+        if latent is not None:
+            result["latent_equiv_err_rel"] = latent
     result = {**result, "model": str(args.model), "data": [str(p) for p in args.data],
-              "model_info": {k: v for k, v in info.items() if k != "metadata"}}
+              "model_info": {k: v for k, v in info.items() if k not in ("metadata", "checkpoint")}}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)

@@ -77,3 +77,9 @@ def accuracy_metrics(pred_e: Sequence[float], ref_e: Sequence[float], n_atoms: S
         "force_rmse_meV_per_A": force_rmse_meV_per_A(pred_f, ref_f),
         "force_cos_mean": force_cos_mean(pred_f, ref_f),
     }
+
+
+def latent_equivariance_err_rel(pred: np.ndarray, target: np.ndarray, eps: float = 1e-12) -> float:
+    """Mean over tokens of ‖T_ψ(h, R) − h_R‖ / ‖h_R‖: pred, target (M, d)."""
+    pred, target = np.asarray(pred), np.asarray(target)
+    return float(np.mean(np.linalg.norm(pred - target, axis=1) / (np.linalg.norm(target, axis=1) + eps)))

@@ -83,7 +83,8 @@ class TrainingModule(nn.Module):
     def __init__(self, model: TransIPModel, refs: Tensor, force_scale: float, symmetry: str,
                  energy_weight: float = 1.0, force_weight: float = 10.0,
                  equiv_weight: float = 0.1, layers: Sequence[int] = (-1,),
-                 temperature: float = 0.1, transform_hidden: int = 256) -> None:
+                 temperature: float = 0.1, transform_hidden: int = 256, force_loss: str = "mse",
+                 huber_delta: float = 1.0) -> None:
         super().__init__()
         if symmetry not in SYMMETRY_MODES:
             raise ValueError(f"symmetry must be one of {SYMMETRY_MODES}, got {symmetry!r}")
@@ -95,6 +96,10 @@ class TrainingModule(nn.Module):
         self.force_weight = float(force_weight)
         self.equiv_weight = float(equiv_weight)
         self.temperature = float(temperature)
+        if force_loss not in ("mse", "huber"):
+            raise ValueError(f"force_loss must be 'mse' or 'huber', got {force_loss!r}")
+        self.force_loss = force_loss
+        self.huber_delta = float(huber_delta)
         n_hidden = model.n_layers + 1
         self.layers: List[int] = sorted({l % n_hidden for l in layers})
         d = int(model.config_dict["d_model"])
@@ -130,7 +135,11 @@ class TrainingModule(nn.Module):
         maskf = batch.mask.to(forces.dtype).unsqueeze(-1)
         f_err = (forces - forces_ref) * maskf
         n_comp = maskf.sum() * 3.0
-        loss_force = (f_err / self.force_scale).pow(2).sum() / n_comp
+        if self.force_loss == "huber":  # quadratic below delta·force_scale, linear above
+            loss_force = F.huber_loss(f_err / self.force_scale, torch.zeros_like(f_err), reduction="sum",
+                                      delta=self.huber_delta) * 2.0 / n_comp
+        else:
+            loss_force = (f_err / self.force_scale).pow(2).sum() / n_comp
         loss = self.energy_weight * loss_energy + self.force_weight * loss_force
 
         loss_equiv = torch.zeros((), dtype=energy.dtype, device=energy.device)

@@ -164,7 +164,8 @@ class Trainer:
         obj = cfg.objective
         self.module = TrainingModule(
             self.model, self.refs, self.force_rms, obj.symmetry, obj.energy_weight, obj.force_weight,
-            obj.equiv_weight, obj.layers, obj.temperature, obj.transform_hidden,
+            obj.equiv_weight, obj.layers, obj.temperature, obj.transform_hidden, obj.force_loss,
+            obj.huber_delta,
         ).to(self.device)
         self.ddp = None
         if self.world > 1:

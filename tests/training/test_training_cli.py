@@ -41,6 +41,12 @@ def test_tiny_training_run_loss_falls(tmp_path, symmetry):
     # the fitted references live in the saved model's buffer
     assert ckpt["model_state"]["element_energies"][6].item() != 0.0
     assert main(["train", str(cfg), "--output", str(out)]) == 2  # refuses to overwrite a run
+    if symmetry == "transip":
+        res = tmp_path / "eval.json"
+        assert main(["evaluate", str(out / "last.ckpt"), str(TEST_DATA / "acac_mini.xyz"), "--json", str(res),
+                     "--rotation-structures", "2", "--rotations", "2"]) == 0
+        latent = json.loads(res.read_text())["latent_equiv_err_rel"]
+        assert 0.0 < latent < 1.0
 
 
 def test_resume_reproduces_uninterrupted_run(tmp_path):

@@ -115,6 +115,19 @@ def test_training_module_losses_and_gradients(symmetry):
         assert len(module.transforms) == 1
 
 
+def test_huber_force_loss_equals_mse_for_small_errors():
+    data = read_dataset(TEST_DATA / "acac_mini.xyz")
+    refs, _ = fit_element_energies(data)
+    torch.manual_seed(0)
+    model = TransIPModel(ModelConfig.from_dict(TINY_MODEL)).double()
+    batch = collate(data, [0, 1])
+    mse = TrainingModule(model, torch.from_numpy(refs), 1.0, "none")(batch)
+    huber = TrainingModule(model, torch.from_numpy(refs), 1.0, "none", force_loss="huber", huber_delta=1e3)(batch)
+    torch.testing.assert_close(huber["loss_force"], mse["loss_force"])
+    robust = TrainingModule(model, torch.from_numpy(refs), 1.0, "none", force_loss="huber", huber_delta=0.1)(batch)
+    assert robust["loss_force"] < mse["loss_force"]
+
+
 def test_augment_rotates_forces_consistently():
     """With an exactly rotation-invariant energy, augmenting leaves the losses unchanged."""
     data = read_dataset(TEST_DATA / "acac_mini.xyz")
