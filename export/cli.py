@@ -27,8 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from transip_openmm.artifacts import load_checkpoint
     from transip_openmm.export.exporter import export_checkpoint
+
+    from transip_openmm.artifacts import load_checkpoint
     from transip_openmm.system_spec import build_spec
 
     spec = None

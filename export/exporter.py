@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 import torch
+from transip_openmm.export.wrapper import OpenMMTransIP
 
 from transip_openmm.artifacts import (
     EXPORT_FORMAT,
@@ -24,7 +25,6 @@ from transip_openmm.artifacts import (
     load_checkpoint,
     model_from_checkpoint,
 )
-from transip_openmm.export.wrapper import OpenMMTransIP
 from transip_openmm.model import TransIPModel
 from transip_openmm.system_spec import SystemSpec
 

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
-
 from export_helpers import TEST_DATA, tiny_model
-from transip_openmm.artifacts import ArtifactError, read_exported_metadata
-from transip_openmm.cli import main
 from transip_openmm.export.exporter import build_wrapper, export_checkpoint
 from transip_openmm.export.topology_io import load_structure, topology_from_numbers
 from transip_openmm.export.wrapper import OpenMMTransIP
+
+from transip_openmm.artifacts import ArtifactError, read_exported_metadata
+from transip_openmm.cli import main
 from transip_openmm.model import compute_forces
 from transip_openmm.system_spec import build_spec, specialise_module
 from transip_openmm.units import EV_PER_ANGSTROM_TO_KJ_PER_MOL_NM, EV_TO_KJ_PER_MOL, NM_TO_ANGSTROM

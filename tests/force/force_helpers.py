@@ -62,6 +62,7 @@ def alanine() -> app.PDBFile:
 def export(checkpoint: Path, out: Path, topology=None, dtype: str = "float32", **spec_args) -> Path:
     """Export ``checkpoint`` to ``out`` (baked with ``topology`` when given)."""
     from transip_openmm.export.exporter import export_checkpoint
+
     from transip_openmm.system_spec import build_spec
 
     spec = build_spec(topology, **spec_args) if topology is not None else None
@@ -112,7 +113,11 @@ def python_model_energy_forces(atomic_numbers: List[int], positions_nm: np.ndarr
                                multiplicity: int = 1, dtype=torch.float64) -> Tuple[float, np.ndarray]:
     """Eager model: (energy kJ/mol, forces kJ/mol/nm) via the units module, for comparison."""
     from transip_openmm.model import compute_forces
-    from transip_openmm.units import EV_PER_ANGSTROM_TO_KJ_PER_MOL_NM, EV_TO_KJ_PER_MOL, NM_TO_ANGSTROM
+    from transip_openmm.units import (
+        EV_PER_ANGSTROM_TO_KJ_PER_MOL_NM,
+        EV_TO_KJ_PER_MOL,
+        NM_TO_ANGSTROM,
+    )
 
     model = make_model().to(dtype)
     pos = torch.tensor(np.asarray(positions_nm) * NM_TO_ANGSTROM, dtype=dtype).unsqueeze(0).requires_grad_(True)
@@ -138,8 +143,8 @@ def omol25_molecule() -> Tuple[app.Topology, np.ndarray, Dict]:
     if not path.exists():
         pytest.skip(f"{path} not available")
     import ase.db
-
     from transip_openmm.export.topology_io import topology_from_numbers
+
     from transip_openmm.units import ANGSTROM_TO_NM
 
     db = ase.db.connect(str(path), type="aselmdb", readonly=True)

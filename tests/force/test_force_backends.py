@@ -6,8 +6,8 @@ import logging
 
 import openmm
 import pytest
-
 from force_helpers import bare_system, energy_forces, positions_nm
+
 from transip_openmm import TransIPForce, backends
 
 

@@ -8,11 +8,11 @@ import numpy as np
 import openmm
 import pytest
 import torch
-
 from force_helpers import bare_system, export, positions_nm
+from transip_openmm.export.topology_io import topology_from_numbers
+
 from transip_openmm import TransIPForce
 from transip_openmm.artifacts import METADATA_ENTRY, ArtifactError
-from transip_openmm.export.topology_io import topology_from_numbers
 from transip_openmm.system_spec import SystemSpecError, check_charge_multiplicity
 
 

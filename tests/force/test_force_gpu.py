@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from force_helpers import bare_system, energy_forces, positions_nm
+
 from transip_openmm import TransIPForce
 
 pytestmark = [

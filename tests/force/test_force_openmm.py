@@ -7,9 +7,18 @@ import openmm
 import openmm.app as app
 import openmm.unit as u
 import pytest
+from force_helpers import (
+    PLATFORMS,
+    atomic_numbers,
+    bare_system,
+    energy_forces,
+    export,
+    omol25_molecule,
+    platform,
+    positions_nm,
+    python_model_energy_forces,
+)
 
-from force_helpers import (PLATFORMS, atomic_numbers, bare_system, energy_forces, export, omol25_molecule,
-                      platform, positions_nm, python_model_energy_forces)
 from transip_openmm import TransIPForce
 
 

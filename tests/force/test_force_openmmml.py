@@ -7,9 +7,12 @@ import openmm
 import openmm.app as app
 import openmm.unit as u
 import pytest
-
-from force_helpers import atomic_numbers, bare_system, energy_forces, positions_nm, python_model_energy_forces
-from transip_openmm import TransIPForce
+from force_helpers import (
+    atomic_numbers,
+    energy_forces,
+    positions_nm,
+    python_model_energy_forces,
+)
 
 
 @pytest.fixture(scope="module")
