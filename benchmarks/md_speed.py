@@ -26,7 +26,6 @@ from typing import Any, Dict, List, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    REPO,
     TRANSIP_SIZES,
     best_rate,
     load_average,
@@ -94,6 +93,14 @@ def export_transip(model, path: Path) -> Path:
     return path
 
 
+def transip_force(factory, path, topology, backend: str, device: Optional[str]):
+    """TransIPForce for a benchmark backend name: ``torch``, ``python`` or ``python-graphs``
+    (python backend with the model captured in a CUDA graph)."""
+    if backend == "python-graphs":
+        return factory(path, topology, backend="python", device=device, use_cuda_graphs=True)
+    return factory(path, topology, backend=backend, device=device)
+
+
 def transip_cases(quick: bool) -> List[Dict[str, Any]]:
     """(model name, config, systems, frame averaging) of the TransIP rows."""
     sizes = dict(TRANSIP_SIZES)
@@ -148,8 +155,15 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
                 continue
             topology, _ = systems[system_name]
             for backend in args.backends:
+                local_large = case["config"].get("attention_cutoff") and topology.getNumAtoms() >= 256
+                if backend == "python-graphs" and local_large:
+                    continue  # the neighbour list has data-dependent shapes: not capturable
                 system = bare_system(topology)
-                system.addForce(TransIPForce(path, topology, backend=backend, device=args.device))
+                try:
+                    system.addForce(transip_force(TransIPForce, path, topology, backend, args.device))
+                except Exception as exc:
+                    logger.warning("%s/%s: %s", case["model"], backend, exc)
+                    continue
                 record(case["model"], backend, system_name, system)
 
     # The shipped default model.
@@ -161,7 +175,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
         for system_name, (topology, _) in systems.items():
             for backend in args.backends:
                 try:
-                    force = TransIPForce("default", topology, backend=backend, device=args.device)
+                    force = transip_force(TransIPForce, "default", topology, backend, args.device)
                 except Exception as exc:
                     logger.warning("transip-default on %s: %s", system_name, exc)
                     continue
@@ -201,7 +215,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--json", default=None, help="write the rows to this JSON file")
     parser.add_argument("--platform", default="CPU", help="OpenMM platform (CPU, CUDA, ...)")
     parser.add_argument("--device", default=None, help="torch device of python-backend/MACE models")
-    parser.add_argument("--backends", default="torch,python", help="TransIPForce backends, comma-separated")
+    parser.add_argument("--backends", default="torch,python",
+                        help="TransIPForce backends, comma-separated: torch, python, python-graphs (CUDA)")
     parser.add_argument("--systems", default="alanine-dipeptide,water-box")
     parser.add_argument("--models", default="", help="only these model names (comma-separated)")
     parser.add_argument("--no-mace", action="store_true")

@@ -188,7 +188,8 @@ class ZBLRepulsion(nn.Module):
     zero above ``switch_fraction`` of it, so it only acts at distances no training
     structure should reach and keeps MD away from nuclear fusion. Energy in eV. When no
     pair is closer than its switch-off distance the term (and its gradient, the switch
-    being C²) is exactly zero and its evaluation is skipped.
+    being C²) is exactly zero and its evaluation is skipped (on the CPU; on CUDA the check
+    would need a host sync, which CUDA-graph capture forbids).
     """
 
     def __init__(self, covalent_radii: Tensor, switch_fraction: float) -> None:
@@ -231,7 +232,7 @@ class ZBLRepulsion(nn.Module):
         """z: (B, N) atomic numbers; r: (B, N, N) distances Å; pair_mask: (B, N, N) bool."""
         zi = z.unsqueeze(2)
         zj = z.unsqueeze(1)
-        if not self.any_active(zi, zj, r, pair_mask):
+        if not r.is_cuda and not self.any_active(zi, zj, r, pair_mask):  # no host sync on CUDA
             return torch.zeros(z.shape[0], dtype=r.dtype, device=r.device)
         return 0.5 * self.pair_energy(zi, zj, r, pair_mask).sum(dim=(1, 2))
 
@@ -450,9 +451,12 @@ class TransIPModel(nn.Module):
         multiplicity: Tensor,
     ) -> Tuple[Tensor, List[Tensor]]:
         b, n = atomic_numbers.shape
-        padded = not bool(mask.all())
-        if self.use_attention_cutoff and not padded and b == 1 and n >= self.neighbor_list_min_atoms:
-            return self._forward_neighbors(atomic_numbers, positions, charge, multiplicity)
+        if self.use_attention_cutoff and b == 1 and n >= self.neighbor_list_min_atoms:
+            if bool(mask.all()):  # the neighbour list synchronises anyway
+                return self._forward_neighbors(atomic_numbers, positions, charge, multiplicity)
+        # Data-dependent shortcuts need a host sync; on CUDA the general (padded) path is
+        # taken instead, so that an evaluation can be captured in a CUDA graph.
+        padded = True if positions.is_cuda else not bool(mask.all())
         hidden, r = self._embed_dense(atomic_numbers, positions, mask, charge, multiplicity, padded)
         atom_energy = self._atom_energies(hidden[-1], atomic_numbers)
         if padded:
