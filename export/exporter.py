@@ -75,8 +75,9 @@ def build_metadata(checkpoint: Dict[str, Any], spec: Optional[SystemSpec], dtype
             "training": {"energy": "eV", "length": "angstrom", "forces": "eV/angstrom"},
             "interface": {"energy": "kJ/mol", "length": "nm", "forces": "kJ/mol/nm"},
         },
-        "cutoff": None,
-        "attention": "all pairs within the ML region (no cutoff)",
+        "cutoff": checkpoint["model_config"].get("attention_cutoff"),
+        "attention": ("all pairs within the ML region" if not checkpoint["model_config"].get("attention_cutoff")
+                      else "local: smooth cosine envelope to zero at the cutoff (angstrom)"),
         "dtype": dtype,
         "model_config": checkpoint["model_config"],
         "train_config": _jsonable(checkpoint.get("config")),
