@@ -55,7 +55,11 @@ class ObjectiveConfig:
     ``energy_scale``: ``residual`` (per-atom std of the least-squares residual),
     ``force_rms`` or a number in eV. ``force_loss``: ``mse`` or ``huber`` (on forces divided
     by the training force RMS, quadratic below ``huber_delta``): robust to the few very large
-    forces of OMol25's high-energy samples.
+    forces of OMol25's high-energy samples. ``energy_loss_norm``: the per-atom energy error
+    that counts 1 in the energy loss: ``energy_scale`` (the model's, default) or
+    ``references`` (the per-atom error of the fitted references alone; weights energies far
+    more and, in short runs here, held back force learning). ``zero_init_readout``: start
+    from E = Σ references (zero last readout layer).
     """
 
     symmetry: str = "none"
@@ -67,6 +71,8 @@ class ObjectiveConfig:
     transform_hidden: int = 256
     energy_scale: Union[str, float] = "residual"
     force_loss: str = "mse"
+    energy_loss_norm: str = "energy_scale"
+    zero_init_readout: bool = False
     huber_delta: float = 1.0
 
 
@@ -138,6 +144,9 @@ class TrainConfig:
         es = self.objective.energy_scale
         if isinstance(es, str) and es not in ("residual", "force_rms"):
             raise ConfigError(f"objective.energy_scale must be 'residual', 'force_rms' or a number, got {es!r}")
+        if self.objective.energy_loss_norm not in ("energy_scale", "references"):
+            raise ConfigError("objective.energy_loss_norm must be 'energy_scale' or 'references', "
+                              f"got {self.objective.energy_loss_norm!r}")
         if self.objective.force_loss not in ("mse", "huber"):
             raise ConfigError(f"objective.force_loss must be 'mse' or 'huber', got {self.objective.force_loss!r}")
         self.model_config()

@@ -74,6 +74,10 @@ def equivariance_loss(pred: Tensor, target: Tensor, temperature: float) -> Dict[
 class TrainingModule(nn.Module):
     """Model + (for ``transip``) transformation networks; ``forward`` returns the losses.
 
+    Loss: ``w_E·mean((ΔE/n/e_norm)²) + w_F·mean((ΔF/f_scale)²) + λ·L_equiv``, with
+    ``e_norm`` the model's ``energy_scale`` (or ``energy_norm`` when given) and ``f_scale``
+    the force RMS of the training set.
+
     The model is trained on energies relative to the fixed per-element references
     ``refs`` (float64, eV; subtracted from the targets in float64 so no precision is lost
     against the large absolute energies); the trainer stores the references in the
@@ -84,7 +88,7 @@ class TrainingModule(nn.Module):
                  energy_weight: float = 1.0, force_weight: float = 10.0,
                  equiv_weight: float = 0.1, layers: Sequence[int] = (-1,),
                  temperature: float = 0.1, transform_hidden: int = 256, force_loss: str = "mse",
-                 huber_delta: float = 1.0) -> None:
+                 huber_delta: float = 1.0, energy_norm: Optional[float] = None) -> None:
         super().__init__()
         if symmetry not in SYMMETRY_MODES:
             raise ValueError(f"symmetry must be one of {SYMMETRY_MODES}, got {symmetry!r}")
@@ -92,6 +96,8 @@ class TrainingModule(nn.Module):
         self.symmetry = symmetry
         self.register_buffer("refs", refs.to(torch.float64).clone(), persistent=False)
         self.force_scale = float(force_scale)
+        #: per-atom energy error that counts as 1 in the energy loss (eV); None: the model's energy_scale
+        self.energy_norm = None if energy_norm is None else float(energy_norm)
         self.energy_weight = float(energy_weight)
         self.force_weight = float(force_weight)
         self.equiv_weight = float(equiv_weight)
@@ -129,9 +135,9 @@ class TrainingModule(nn.Module):
         ref_sum = self.refs[batch.numbers].sum(dim=1)
         target = (batch.energy - ref_sum).to(energy.dtype)
         n_atoms = batch.n_atoms.to(energy.dtype)
-        scale = self.model.energy_scale
+        norm = self.model.energy_scale if self.energy_norm is None else self.energy_norm
         e_err = (energy - target) / n_atoms
-        loss_energy = ((e_err / scale) ** 2).mean()
+        loss_energy = ((e_err / norm) ** 2).mean()
         maskf = batch.mask.to(forces.dtype).unsqueeze(-1)
         f_err = (forces - forces_ref) * maskf
         n_comp = maskf.sum() * 3.0

@@ -34,7 +34,7 @@ from transip_openmm.training.dataset import MoleculeDataset
 from transip_openmm.training.evaluate import ModelPredictor, evaluate
 from transip_openmm.training.objectives import TrainingModule, random_rotations
 from transip_openmm.training.readers import read_datasets
-from transip_openmm.training.references import fit_element_energies, force_rms
+from transip_openmm.training.references import fit_references, force_rms
 from transip_openmm.training.splits import family_split
 from transip_openmm.units import MEV_PER_EV
 
@@ -148,7 +148,7 @@ class Trainer:
         random.seed(cfg.seed)
 
         self.data = prepare_data(cfg)
-        refs, sigma = fit_element_energies(self.data.train)
+        refs, sigma, self.energy_norm = fit_references(self.data.train)
         self.refs = torch.from_numpy(refs)
         self.force_rms = force_rms(self.data.train)
         es = cfg.objective.energy_scale
@@ -161,11 +161,17 @@ class Trainer:
         self.model = TransIPModel(self.model_config)
         with torch.no_grad():
             self.model.energy_scale.fill_(self.energy_scale)  # element_energies stay 0 while training
+            if cfg.objective.zero_init_readout:
+                # start from E = Σ references exactly: the energy loss starts at the references'
+                # own error instead of being swamped by a random readout
+                self.model.readout[-1].weight.zero_()
+                self.model.readout[-1].bias.zero_()
         obj = cfg.objective
         self.module = TrainingModule(
             self.model, self.refs, self.force_rms, obj.symmetry, obj.energy_weight, obj.force_weight,
             obj.equiv_weight, obj.layers, obj.temperature, obj.transform_hidden, obj.force_loss,
             obj.huber_delta,
+            energy_norm=max(self.energy_norm, 1e-6) if obj.energy_loss_norm == "references" else None,
         ).to(self.device)
         self.ddp = None
         if self.world > 1:
@@ -195,9 +201,10 @@ class Trainer:
         self.atoms_seen = 0
         if self.is_main:
             logger.info("model: %d parameters (%s); symmetry=%s; %d train / %d val structures; "
-                        "energy_scale %.4f eV, force_rms %.4f eV/Å; world size %d",
+                        "energy_scale %.4f eV, energy_norm %.4f eV/atom, force_rms %.4f eV/Å; world size %d",
                         count_parameters(self.model), self.model_config, obj.symmetry,
-                        len(self.data.train), len(self.data.val), self.energy_scale, self.force_rms, self.world)
+                        len(self.data.train), len(self.data.val), self.energy_scale, self.energy_norm, self.force_rms,
+                        self.world)
         if resume:
             self._load(self.output / "last.ckpt")
         if self.is_main:
@@ -231,6 +238,7 @@ class Trainer:
             "best_value": self.best_value,
             "symmetry": self.cfg.objective.symmetry,
             "energy_scale": self.energy_scale,
+            "energy_norm": self.energy_norm,
             "throughput": self._throughput(),
             "train_time_s": self.train_time,
             "structures_seen": self.structures_seen,
