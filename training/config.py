@@ -57,8 +57,9 @@ class ObjectiveConfig:
     by the training force RMS, quadratic below ``huber_delta``): robust to the few very large
     forces of OMol25's high-energy samples. ``energy_loss_norm``: the per-atom energy error
     that counts 1 in the energy loss: ``energy_scale`` (the model's, default) or
-    ``references`` (the per-atom error of the fitted references alone; weights energies far
-    more and, in short runs here, held back force learning). ``zero_init_readout``: start
+    ``references`` (the per-atom error of the fitted references alone, a few meV/atom: use
+    it with a small ``energy_weight`` such as 0.01, as the example configs do; with weight
+    1 the energy term swamped the force term in short runs here). ``zero_init_readout``: start
     from E = Σ references (zero last readout layer).
     """
 
