@@ -46,7 +46,7 @@ def test_tiny_training_run_loss_falls(tmp_path, symmetry):
         assert main(["evaluate", str(out / "last.ckpt"), str(TEST_DATA / "acac_mini.xyz"), "--json", str(res),
                      "--rotation-structures", "2", "--rotations", "2"]) == 0
         latent = json.loads(res.read_text())["latent_equiv_err_rel"]
-        assert 0.0 < latent < 1.0
+        assert np.isfinite(latent) and latent > 0.0  # T_ψ is aligned by cosine: no norm bound
 
 
 def test_resume_reproduces_uninterrupted_run(tmp_path):

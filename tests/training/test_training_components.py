@@ -175,6 +175,9 @@ def test_metrics_known_values():
     assert metrics.force_mae_meV_per_A(f_pred, f_ref) == pytest.approx(1.0)
     assert metrics.force_rmse_meV_per_A(f_pred, f_ref) == pytest.approx(np.sqrt(2 * 9 / 6))
     assert metrics.force_cos_mean([-f_ref[0]], f_ref) == pytest.approx(-1.0)
+    h = np.array([[3.0, 4.0], [1.0, 0.0]])
+    assert metrics.latent_equivariance_err_rel(h, h) == 0.0
+    assert metrics.latent_equivariance_err_rel(np.zeros_like(h), h) == pytest.approx(1.0)
     assert metrics.rotation_energy_std_meV(np.array([[1.0, 1.002], [0.0, 0.0]])) == pytest.approx(0.5)
 
 
