@@ -8,7 +8,6 @@ from typing import Iterator, List, Sequence
 import numpy as np
 import torch
 from torch import Tensor
-
 from transip_openmm.training.dataset import MoleculeDataset
 
 

@@ -18,11 +18,12 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from transip_openmm.artifacts import load_checkpoint, model_from_checkpoint
-from transip_openmm.cli import main as transip_main
 from transip_openmm.training.config import load_config
 from transip_openmm.training.evaluate import ModelPredictor, evaluate, latent_equivariance_error
 from transip_openmm.training.trainer import prepare_data
+
+from transip_openmm.artifacts import load_checkpoint, model_from_checkpoint
+from transip_openmm.cli import main as transip_main
 
 logger = logging.getLogger(__name__)
 

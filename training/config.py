@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Type, TypeVar, Union
 
 import yaml
+from transip_openmm.training.objectives import SYMMETRY_MODES
 
 from transip_openmm.model import ModelConfig
-from transip_openmm.training.objectives import SYMMETRY_MODES
 
 T = TypeVar("T")
 

@@ -9,12 +9,12 @@ import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
-
-from transip_openmm.model import TransIPModel, compute_forces
 from transip_openmm.training import metrics
 from transip_openmm.training.batching import Batch, collate, make_batches
 from transip_openmm.training.dataset import MoleculeDataset
 from transip_openmm.training.objectives import random_rotations, rotate
+
+from transip_openmm.model import TransIPModel, compute_forces
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +117,9 @@ def latent_equivariance_error(checkpoint: Dict, dataset: MoleculeDataset, n_stru
     each under ``n_rotations`` random rotations, at the configured layers (raw weights:
     T_ψ was trained against them, not against the EMA average).
     """
-    from transip_openmm.artifacts import model_from_checkpoint
     from transip_openmm.training.objectives import TransformationNetwork
+
+    from transip_openmm.artifacts import model_from_checkpoint
 
     if checkpoint.get("symmetry") != "transip" or not checkpoint.get("transforms_state"):
         return None

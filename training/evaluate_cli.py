@@ -17,9 +17,14 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
-
-from transip_openmm.artifacts import ArtifactError, load_checkpoint, model_from_checkpoint, read_exported_metadata
 from transip_openmm.training.batching import Batch
+
+from transip_openmm.artifacts import (
+    ArtifactError,
+    load_checkpoint,
+    model_from_checkpoint,
+    read_exported_metadata,
+)
 from transip_openmm.units import ANGSTROM_TO_NM, EV_PER_ANGSTROM_TO_KJ_PER_MOL_NM, EV_TO_KJ_PER_MOL
 
 logger = logging.getLogger(__name__)

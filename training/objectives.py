@@ -16,9 +16,9 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transip_openmm.training.batching import Batch
 
 from transip_openmm.model import TransIPModel, compute_forces
-from transip_openmm.training.batching import Batch
 
 SYMMETRY_MODES = ("none", "augment", "transip")
 

@@ -13,9 +13,13 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
-
 from transip_openmm.training.dataset import DataError, Molecule, MoleculeDataset, validate_molecule
-from transip_openmm.units import BOHR_TO_ANGSTROM, HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM, HARTREE_TO_EV
+
+from transip_openmm.units import (
+    BOHR_TO_ANGSTROM,
+    HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM,
+    HARTREE_TO_EV,
+)
 
 logger = logging.getLogger(__name__)
 

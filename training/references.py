@@ -6,9 +6,9 @@ import logging
 from typing import Tuple
 
 import numpy as np
+from transip_openmm.training.dataset import MoleculeDataset
 
 from transip_openmm.model import MAX_ATOMIC_NUMBER
-from transip_openmm.training.dataset import MoleculeDataset
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import List, Tuple
 
 import numpy as np
-
 from transip_openmm.training.dataset import MoleculeDataset
 
 

@@ -25,9 +25,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
-
-from transip_openmm.artifacts import load_checkpoint, save_checkpoint
-from transip_openmm.model import TransIPModel, count_parameters
 from transip_openmm.training.batching import MaxAtomsBatchSampler, collate
 from transip_openmm.training.config import ConfigError, TrainConfig, save_config
 from transip_openmm.training.dataset import MoleculeDataset
@@ -36,6 +33,9 @@ from transip_openmm.training.objectives import TrainingModule, random_rotations
 from transip_openmm.training.readers import read_datasets
 from transip_openmm.training.references import fit_references, force_rms
 from transip_openmm.training.splits import family_split
+
+from transip_openmm.artifacts import load_checkpoint, save_checkpoint
+from transip_openmm.model import TransIPModel, count_parameters
 from transip_openmm.units import MEV_PER_EV
 
 logger = logging.getLogger(__name__)

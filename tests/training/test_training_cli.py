@@ -10,10 +10,15 @@ import numpy as np
 import pytest
 import torch
 from conftest import TEST_DATA, write_tiny_config
-
-from transip_openmm.artifacts import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, METADATA_ENTRY, load_checkpoint
-from transip_openmm.cli import main
 from transip_openmm.training.readers import read_dataset
+
+from transip_openmm.artifacts import (
+    EXPORT_FORMAT,
+    EXPORT_FORMAT_VERSION,
+    METADATA_ENTRY,
+    load_checkpoint,
+)
+from transip_openmm.cli import main
 from transip_openmm.units import ANGSTROM_TO_NM, EV_PER_ANGSTROM_TO_KJ_PER_MOL_NM, EV_TO_KJ_PER_MOL
 
 

@@ -6,17 +6,22 @@ import numpy as np
 import pytest
 import torch
 from conftest import TEST_DATA, TINY_MODEL, write_tiny_config
-
-from transip_openmm.model import ModelConfig, TransIPModel
 from transip_openmm.training import metrics
 from transip_openmm.training.batching import MaxAtomsBatchSampler, collate, make_batches
 from transip_openmm.training.config import ConfigError, config_from_dict, load_config
 from transip_openmm.training.dataset import Molecule, MoleculeDataset
 from transip_openmm.training.evaluate import rotation_errors
-from transip_openmm.training.objectives import TrainingModule, equivariance_loss, random_rotations, rotate
+from transip_openmm.training.objectives import (
+    TrainingModule,
+    equivariance_loss,
+    random_rotations,
+    rotate,
+)
 from transip_openmm.training.readers import read_dataset
 from transip_openmm.training.references import fit_element_energies
 from transip_openmm.training.splits import family_split
+
+from transip_openmm.model import ModelConfig, TransIPModel
 
 
 def _toy(n_mol=40, seed=0):

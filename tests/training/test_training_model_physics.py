@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import TEST_DATA, TINY_MODEL
-
-from transip_openmm.model import ModelConfig, TransIPModel, compute_forces
 from transip_openmm.training.batching import collate
 from transip_openmm.training.evaluate import ModelPredictor
 from transip_openmm.training.readers import read_dataset
+
+from transip_openmm.model import ModelConfig, TransIPModel, compute_forces
 
 
 @pytest.fixture(scope="module")

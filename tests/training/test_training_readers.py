@@ -6,12 +6,21 @@ import h5py
 import numpy as np
 import pytest
 from conftest import TEST_DATA, shared
-
 from transip_openmm.training.dataset import DataError
 from transip_openmm.training.readers import (
-    omol25_family, read_aselmdb, read_dataset, read_extxyz, read_spice_hdf5, smiles_formal_charge,
+    omol25_family,
+    read_aselmdb,
+    read_dataset,
+    read_extxyz,
+    read_spice_hdf5,
+    smiles_formal_charge,
 )
-from transip_openmm.units import HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM, HARTREE_TO_EV, BOHR_TO_ANGSTROM
+
+from transip_openmm.units import (
+    BOHR_TO_ANGSTROM,
+    HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM,
+    HARTREE_TO_EV,
+)
 
 
 def test_omol25_mini_reader():
