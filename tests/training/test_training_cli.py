@@ -9,7 +9,7 @@ from typing import Tuple
 import numpy as np
 import pytest
 import torch
-from conftest import TEST_DATA, write_tiny_config
+from training_helpers import TEST_DATA, write_tiny_config
 from transip_openmm.training.readers import read_dataset
 
 from transip_openmm.artifacts import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TEST_DATA, TINY_MODEL, write_tiny_config
+from training_helpers import TEST_DATA, TINY_MODEL, write_tiny_config
 from transip_openmm.training import metrics
 from transip_openmm.training.batching import MaxAtomsBatchSampler, collate, make_batches
 from transip_openmm.training.config import ConfigError, config_from_dict, load_config
@@ -165,7 +165,7 @@ def test_config_rejects_unknown_keys(tmp_path):
 
 
 def test_example_configs_load():
-    from conftest import REPO
+    from training_helpers import REPO
 
     for name in ("omol25_sample.yaml", "acac.yaml"):
         cfg = load_config(REPO / "training" / "configs" / name)

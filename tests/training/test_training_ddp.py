@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import write_tiny_config
+from training_helpers import write_tiny_config
 
 from transip_openmm.artifacts import load_checkpoint
 

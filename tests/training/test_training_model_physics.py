@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TEST_DATA, TINY_MODEL
+from training_helpers import TEST_DATA, TINY_MODEL
 from transip_openmm.training.batching import collate
 from transip_openmm.training.evaluate import ModelPredictor
 from transip_openmm.training.readers import read_dataset

@@ -5,7 +5,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-from conftest import TEST_DATA, shared
+from training_helpers import TEST_DATA, shared
 from transip_openmm.training.dataset import DataError
 from transip_openmm.training.readers import (
     omol25_family,
