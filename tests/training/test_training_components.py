@@ -167,8 +167,10 @@ def test_config_rejects_unknown_keys(tmp_path):
 def test_example_configs_load():
     from training_helpers import REPO
 
-    for name in ("omol25_sample.yaml", "acac.yaml"):
-        cfg = load_config(REPO / "training" / "configs" / name)
+    paths = sorted((REPO / "training" / "configs").glob("*.yaml"))
+    assert {"omol25_sample.yaml", "acac.yaml"} <= {p.name for p in paths}
+    for path in paths:
+        cfg = load_config(path)
         assert cfg.resolve(cfg.data.train[0]).parts[-4:-2] == ("shared", "data")
 
 
