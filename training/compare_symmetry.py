@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import yaml
 from transip_openmm.training.config import load_config
 from transip_openmm.training.evaluate import ModelPredictor, evaluate, latent_equivariance_error
 from transip_openmm.training.trainer import prepare_data
@@ -37,6 +38,19 @@ COLUMNS = [
     ("structures_per_s", "struct/s", "{:.1f}"),
     ("atoms_per_s", "atoms/s", "{:.0f}"),
 ]
+
+
+def with_objective_overrides(config: Path, output: Path, overrides: Dict[str, object]) -> Path:
+    """A copy of ``config`` in ``output`` with ``objective`` keys replaced (data root made absolute)."""
+    if not overrides:
+        return config
+    data = yaml.safe_load(config.read_text())
+    data.setdefault("objective", {}).update(overrides)
+    data.setdefault("data", {})["root"] = str(load_config(config).resolve("."))
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / "config_override.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
 
 
 def compare(config: Path, output: Path, max_steps: Optional[int], modes: List[str],
@@ -86,9 +100,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--modes", nargs="+", default=["none", "augment", "transip"])
     parser.add_argument("--rotation-structures", type=int, default=20)
+    parser.add_argument("--equiv-weight", type=float, default=None, help="override objective.equiv_weight (λ)")
+    parser.add_argument("--layers", type=int, nargs="+", default=None, help="override objective.layers")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    results = compare(args.config, args.output, args.max_steps, args.modes, args.rotation_structures)
+    overrides = {k: v for k, v in (("equiv_weight", args.equiv_weight), ("layers", args.layers)) if v is not None}
+    config = with_objective_overrides(args.config, args.output, overrides)
+    results = compare(config, args.output, args.max_steps, args.modes, args.rotation_structures)
     print(markdown_table(results))
     return 0
 
