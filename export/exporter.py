@@ -34,11 +34,20 @@ PathLike = Union[str, Path]
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def build_wrapper(model: TransIPModel, spec: Optional[SystemSpec], dtype: str = "float32") -> OpenMMTransIP:
-    """Eager wrapper around a copy-free ``model`` cast to ``dtype`` (in place), in eval mode."""
+def build_wrapper(model: TransIPModel, spec: Optional[SystemSpec], dtype: str = "float32",
+                  frame_average: bool = False) -> OpenMMTransIP:
+    """Eager wrapper around a copy-free ``model`` cast to ``dtype`` (in place), in eval mode.
+
+    ``frame_average``: average the energy over the 24 octahedral rotations
+    (:class:`~transip_openmm.frames.FrameAveragedModel`; ~10x the cost).
+    """
     model = model.to(DTYPES[dtype]).eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    if frame_average:
+        from transip_openmm.frames import FrameAveragedModel
+
+        model = FrameAveragedModel(model)
     if spec is None:
         return OpenMMTransIP(model)
     return OpenMMTransIP(
@@ -52,7 +61,7 @@ def build_wrapper(model: TransIPModel, spec: Optional[SystemSpec], dtype: str = 
 
 
 def build_metadata(checkpoint: Dict[str, Any], spec: Optional[SystemSpec], dtype: str,
-                   source: str = "") -> Dict[str, Any]:
+                   source: str = "", frame_average: bool = False) -> Dict[str, Any]:
     """Metadata dict stored in the exported file (JSON-serialisable)."""
     return {
         "format": EXPORT_FORMAT,
@@ -79,6 +88,7 @@ def build_metadata(checkpoint: Dict[str, Any], spec: Optional[SystemSpec], dtype
         "attention": ("all pairs within the ML region" if not checkpoint["model_config"].get("attention_cutoff")
                       else "local: smooth cosine envelope to zero at the cutoff (angstrom)"),
         "dtype": dtype,
+        "frame_averaging": "octahedral group, 24 rotations" if frame_average else None,
         "model_config": checkpoint["model_config"],
         "train_config": _jsonable(checkpoint.get("config")),
         "symmetry": checkpoint.get("symmetry"),
@@ -104,6 +114,7 @@ def export_model(
     spec: Optional[SystemSpec] = None,
     dtype: str = "float32",
     source: str = "",
+    frame_average: bool = False,
 ) -> Dict[str, Any]:
     """Script ``model`` (with ``spec`` baked in, or generic) and write it to ``output``.
 
@@ -116,9 +127,9 @@ def export_model(
         from transip_openmm.artifacts import check_elements_supported
 
         check_elements_supported(spec.atomic_numbers, checkpoint["elements"], source or "the checkpoint")
-    wrapper = build_wrapper(model, spec, dtype)
+    wrapper = build_wrapper(model, spec, dtype, frame_average)
     scripted = torch.jit.script(wrapper)
-    meta = build_metadata(checkpoint, spec, dtype, source)
+    meta = build_metadata(checkpoint, spec, dtype, source, frame_average)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_suffix(output.suffix + ".tmp")
@@ -134,8 +145,10 @@ def export_checkpoint(
     spec: Optional[SystemSpec] = None,
     dtype: str = "float32",
     use_ema: bool = True,
+    frame_average: bool = False,
 ) -> Dict[str, Any]:
     """Read a training checkpoint and export it (see :func:`export_model`)."""
     checkpoint = load_checkpoint(checkpoint_path)
     model = model_from_checkpoint(checkpoint, use_ema=use_ema)
-    return export_model(model, checkpoint, output, spec, dtype, source=Path(checkpoint_path).name)
+    return export_model(model, checkpoint, output, spec, dtype, source=Path(checkpoint_path).name,
+                        frame_average=frame_average)

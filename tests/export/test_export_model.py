@@ -150,3 +150,25 @@ def test_cli_rejects_impossible_multiplicity(ckpt, tmp_path):
 def test_cli_atoms_without_topology_is_refused(ckpt, tmp_path):
     with pytest.raises(SystemExit, match="baked only with --topology"):
         main(["export", str(ckpt), "-o", str(tmp_path / "x.pt"), "--atoms", "resname ALA"])
+
+
+def test_cli_frame_average_is_invariant_to_cube_rotations(ckpt, tmp_path):
+    """--frame-average: energy identical under a 90° rotation, forces rotate with it."""
+    out = tmp_path / "fa.pt"
+    assert main(["export", str(ckpt), "-o", str(out), "--topology",
+                 str(TEST_DATA / "alanine_dipeptide.pdb"), "--dtype", "float64", "--frame-average"]) == 0
+    assert read_exported_metadata(out)["frame_averaging"] == "octahedral group, 24 rotations"
+    module = torch.jit.load(str(out))
+    topology, positions = load_structure(TEST_DATA / "alanine_dipeptide.pdb")
+    x = torch.tensor(positions, dtype=torch.float64)
+    rot = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    e0, f0 = module(x)
+    e1, f1 = module(x @ rot.T)
+    assert torch.equal(e0, e1)
+    torch.testing.assert_close(f1, f0 @ rot.T, atol=1e-9, rtol=1e-9)
+    # and the plain export is not invariant: the test can fail
+    plain = tmp_path / "plain.pt"
+    main(["export", str(ckpt), "-o", str(plain), "--topology", str(TEST_DATA / "alanine_dipeptide.pdb"),
+          "--dtype", "float64"])
+    p = torch.jit.load(str(plain))
+    assert not torch.equal(p(x)[0], p(x @ rot.T)[0])

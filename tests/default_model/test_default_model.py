@@ -1,0 +1,74 @@
+"""The shipped default model: present in the installation, loadable by name, sane physics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import openmm
+import openmm.app as app
+import openmm.unit as unit
+import pytest
+
+from transip_openmm import TransIPForce, default_model_path
+from transip_openmm.artifacts import read_exported_metadata
+
+ALA = Path(__file__).resolve().parents[1] / "data" / "alanine_dipeptide.pdb"
+OMOL25_ELEMENTS = {1, 3, 5, 6, 7, 8, 9, 11, 12, 14, 15, 16, 17, 19, 20, 35, 53}
+
+
+def test_default_model_is_shipped_small_and_described():
+    path = default_model_path()
+    assert path.stat().st_size < 5 * 2**20
+    meta = read_exported_metadata(path)
+    assert set(meta["elements"]) == OMOL25_ELEMENTS
+    assert meta["symmetry"] == "transip"
+    assert meta["system"] is None  # generic: any topology of supported elements
+    assert (path.parent / "MODEL_CARD.md").is_file()
+    for key in ("force_mae_meV_per_A", "energy_mae_meV_per_atom", "force_cos_mean"):
+        assert np.isfinite(meta["validation_metrics"][key])
+
+
+def _context(pdb: app.PDBFile) -> openmm.Context:
+    system = openmm.System()
+    for atom in pdb.topology.atoms():
+        system.addParticle(atom.element.mass)
+    system.addForce(TransIPForce("default", pdb.topology))
+    integrator = openmm.VerletIntegrator(0.0005)
+    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(pdb.positions)
+    return context
+
+
+def test_default_model_energy_is_translation_invariant_and_forces_finite():
+    pdb = app.PDBFile(str(ALA))
+    context = _context(pdb)
+    state = context.getState(getEnergy=True, getForces=True)
+    e0 = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+    forces = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
+    assert np.all(np.isfinite(forces))
+    # an equilibrium-like geometry: no force near the scale of a broken structure (eV/Å ~ 1e3)
+    assert np.abs(forces).max() < 5e3
+    shifted = pdb.getPositions(asNumpy=True) + np.array([0.7, -1.3, 2.1]) * unit.nanometer
+    context.setPositions(shifted)
+    e1 = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+    assert e1 == pytest.approx(e0, abs=1e-2)
+
+
+def test_default_model_repels_atoms_pushed_together():
+    """Compressing a C-H bond to 0.5 Å must cost energy (ZBL prior + learned repulsion)."""
+    pdb = app.PDBFile(str(ALA))
+    context = _context(pdb)
+    positions = pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+    atoms = list(pdb.topology.atoms())
+    c, h = next((b[0].index, b[1].index) for b in pdb.topology.bonds()
+                if {b[0].element.symbol, b[1].element.symbol} == {"C", "H"})
+    if atoms[c].element.symbol == "H":
+        c, h = h, c
+    e0 = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+    squeezed = positions.copy()
+    direction = squeezed[h] - squeezed[c]
+    squeezed[h] = squeezed[c] + direction / np.linalg.norm(direction) * 0.05
+    context.setPositions(squeezed)
+    e1 = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+    assert e1 > e0 + 100.0
