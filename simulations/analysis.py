@@ -40,6 +40,24 @@ def compute_rmsd(traj, atom_indices: Sequence[int] | None = None, reference_fram
     return mdtraj.rmsd(traj, traj, reference_frame, atom_indices=idx)
 
 
+def compute_bond_stretch(traj, reference, atom_indices: Sequence[int] | None = None) -> np.ndarray:
+    """Bond length / reference bond length, (n_frames, n_bonds), for the topology's bonds
+    between ``atom_indices`` (default: all atoms). Ratios far above 1 (e.g. > 1.5) mean a
+    bond broke: the molecule did not stay intact. ``reference``: an mdtraj frame with the
+    same topology (e.g. the starting structure). Bonds across periodic images are measured
+    by minimum image."""
+    import mdtraj
+
+    keep = None if atom_indices is None else set(int(i) for i in atom_indices)
+    pairs = np.array([[a.index, b.index] for a, b in traj.topology.bonds
+                      if keep is None or (a.index in keep and b.index in keep)], dtype=int)
+    if len(pairs) == 0:
+        return np.zeros((traj.n_frames, 0))
+    periodic = traj.unitcell_vectors is not None
+    d0 = mdtraj.compute_distances(reference[0], pairs, periodic=reference.unitcell_vectors is not None)[0]
+    return mdtraj.compute_distances(traj, pairs, periodic=periodic) / d0
+
+
 def compute_ramachandran(traj) -> tuple[np.ndarray, np.ndarray]:
     """Backbone dihedrals φ and ψ in degrees, each (n_frames, n_angles) in [-180, 180)."""
     import mdtraj

@@ -19,6 +19,10 @@ from transip_openmm.simulations import analysis as A
 logger = logging.getLogger(__name__)
 
 
+#: A bond stretched beyond this ratio of its starting length counts as broken.
+BROKEN_BOND_RATIO = 1.5
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", type=Path, help="directory written by `transip simulate`")
     parser.add_argument("--output", "-o", type=Path, default=None,
@@ -106,6 +110,18 @@ def analyze_run(run_dir: Path, out: Path) -> dict[str, Any]:
         heavy = np.array([i for i in solute if top.atom(int(i)).element.symbol != "H"]) if len(solute) else solute
         rmsd = A.compute_rmsd(traj, heavy if len(heavy) >= 3 else solute)
         summary["rmsd_nm"] = _stats(rmsd) | {"atoms": "solute heavy atoms"}
+        with quiet_stdout():
+            start = mdtraj.load(str(run_dir / "topology.pdb"))
+        stretch = A.compute_bond_stretch(traj, start, solute)
+        if stretch.size:
+            worst = stretch.max(axis=1)
+            broken = np.nonzero(worst > BROKEN_BOND_RATIO)[0]
+            summary["bonds"] = {
+                "max_length_ratio": float(worst.max()),
+                "intact": bool(len(broken) == 0),
+                "first_broken_frame_time_ps": float(time[broken[0]]) if len(broken) else None,
+                "criterion": f"a solute bond longer than {BROKEN_BOND_RATIO} x its length in topology.pdb",
+            }
         fig, ax = plt.subplots(figsize=(6, 2.5))
         ax.plot(time, rmsd * 10, lw=1)
         ax.set_xlabel("time (ps)")

@@ -53,3 +53,23 @@ def test_ramachandran_and_rmsd_of_alanine_dipeptide() -> None:
     two.xyz[1] = two.xyz[1] @ np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1]], np.float32).T + 1.0
     np.testing.assert_allclose(A.compute_rmsd(two), [0.0, 0.0], atol=1e-3)  # rigid motion only
     assert len(A.peptide_atoms(traj.topology)) == 22
+
+
+def test_bond_stretch_detects_a_broken_bond():
+    import mdtraj
+
+    from transip_openmm.simulations.analysis import compute_bond_stretch
+
+    top = mdtraj.Topology()
+    chain = top.add_chain()
+    res = top.add_residue("MOL", chain)
+    c = top.add_atom("C", mdtraj.element.carbon, res)
+    h = top.add_atom("H", mdtraj.element.hydrogen, res)
+    top.add_bond(c, h)
+    xyz = np.array([[[0.0, 0.0, 0.0], [0.109, 0.0, 0.0]],
+                    [[0.0, 0.0, 0.0], [0.120, 0.0, 0.0]],
+                    [[0.0, 0.0, 0.0], [0.500, 0.0, 0.0]]], dtype=np.float32)
+    traj = mdtraj.Trajectory(xyz, top)
+    ratio = compute_bond_stretch(traj, traj[0])
+    assert ratio.shape == (3, 1)
+    np.testing.assert_allclose(ratio[:, 0], [1.0, 0.120 / 0.109, 0.500 / 0.109], rtol=1e-5)
