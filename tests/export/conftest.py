@@ -1,3 +1,3 @@
 """Fixtures of the export tests (defined in export_helpers)."""
 
-from export_helpers import _one_thread, ckpt  # noqa: F401
+from export_helpers import ckpt  # noqa: F401

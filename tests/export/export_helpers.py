@@ -14,13 +14,6 @@ REPO = Path(__file__).resolve().parents[2]
 TEST_DATA = REPO / "tests" / "data"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def tiny_model(seed: int = 1) -> TransIPModel:
     torch.manual_seed(seed)

@@ -1,3 +1,3 @@
 """Fixtures of the OpenMM force tests (defined in force_helpers)."""
 
-from force_helpers import _one_thread, alanine, checkpoint, generic32, generic64  # noqa: F401
+from force_helpers import alanine, checkpoint, generic32, generic64  # noqa: F401

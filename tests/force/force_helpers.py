@@ -26,13 +26,6 @@ ELEMENTS = [1, 3, 5, 6, 7, 8, 9, 11, 12, 14, 15, 16, 17, 19, 20, 35, 53]
 PLATFORMS = ["Reference", "CPU", "CUDA"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def make_model(seed: int = 0) -> TransIPModel:
     """Random-weight d=32, 2-layer model with plausible per-element reference energies (eV)."""

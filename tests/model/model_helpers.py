@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Tuple
 
-import pytest
 import torch
 from torch import Tensor
 
@@ -48,10 +47,3 @@ def energy_forces(model, z: Tensor, pos: Tensor) -> Tuple[Tensor, Tensor]:
     (grad,) = torch.autograd.grad(energy.sum(), p)
     return energy.detach(), -grad
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
