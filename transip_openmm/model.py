@@ -142,9 +142,17 @@ class TransformerBlock(nn.Module):
         (H, N, N) when B = 1, or None (no bias: fused attention)."""
         b, n, d = x.shape
         y = self.qkv(self.norm_attn(x))
-        if attn_bias is None:
+        if attn_bias is None and not self.training:
+            # Fused kernel: first derivatives only, enough for inference forces.
             q, k, v = y.view(b, n, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4).unbind(0)
             attn = F.scaled_dot_product_attention(q, k, v)
+            attn = attn.transpose(1, 2).reshape(b, n, d)
+        elif attn_bias is None:
+            # Training differentiates the forces again (double backward), which the fused
+            # CPU kernels do not implement: explicit attention.
+            q, k, v = y.view(b, n, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4).unbind(0)
+            scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale
+            attn = torch.matmul(torch.softmax(scores, dim=-1), v)
             attn = attn.transpose(1, 2).reshape(b, n, d)
         elif b == 1:
             # One structure: strided (H, N, dh) views, scale and bias fused into baddbmm.

@@ -154,3 +154,21 @@ def test_compute_forces_keeps_graph_for_training():
     loss = (forces ** 2).sum()
     loss.backward()
     assert model.blocks[0].qkv.weight.grad is not None
+
+
+def test_no_distance_bias_trains_with_force_loss():
+    """Without the distance bias the fused attention kernel has no double backward on the
+    CPU; in training mode the model must still give a force-loss gradient, and the training
+    and inference paths must agree."""
+    torch.manual_seed(0)
+    model = TransIPModel(ModelConfig(d_model=16, n_layers=1, n_heads=2, n_rbf=4, distance_bias=False))
+    z = torch.tensor([[8, 1, 1]])
+    pos = torch.tensor([[[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]]], requires_grad=True)
+    args = (z, pos, z > 0, torch.zeros(1, dtype=torch.long), torch.ones(1, dtype=torch.long))
+    energy, _ = model(*args)
+    forces = compute_forces(energy, pos, training=True)
+    forces.pow(2).sum().backward()
+    grad = model.blocks[0].qkv.weight.grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    model.eval()
+    torch.testing.assert_close(model(*args)[0], energy.detach())
