@@ -122,6 +122,9 @@ def analyze_run(run_dir: Path, out: Path) -> dict[str, Any]:
                 "first_broken_frame_time_ps": float(time[broken[0]]) if len(broken) else None,
                 "criterion": f"a solute bond longer than {BROKEN_BOND_RATIO} x its length in topology.pdb",
             }
+            if len(broken):
+                logger.warning("the solute did not stay intact: a bond is %.1fx its starting length "
+                               "from t = %.2f ps on (see bonds in summary.json)", worst.max(), time[broken[0]])
         fig, ax = plt.subplots(figsize=(6, 2.5))
         ax.plot(time, rmsd * 10, lw=1)
         ax.set_xlabel("time (ps)")
