@@ -126,7 +126,7 @@ def latent_equivariance_error(checkpoint: Dict, dataset: MoleculeDataset, n_stru
     objective = checkpoint["config"]["objective"]
     model = model_from_checkpoint(checkpoint, use_ema=False)
     n_hidden = model.n_layers + 1
-    layers = sorted({int(l) % n_hidden for l in objective["layers"]})
+    layers = sorted({int(layer) % n_hidden for layer in objective["layers"]})
     d = int(model.config_dict["d_model"])
     transforms = torch.nn.ModuleList([TransformationNetwork(d, int(objective["transform_hidden"])) for _ in layers])
     transforms.load_state_dict(checkpoint["transforms_state"])

@@ -107,7 +107,7 @@ class TrainingModule(nn.Module):
         self.force_loss = force_loss
         self.huber_delta = float(huber_delta)
         n_hidden = model.n_layers + 1
-        self.layers: List[int] = sorted({l % n_hidden for l in layers})
+        self.layers: List[int] = sorted({layer % n_hidden for layer in layers})
         d = int(model.config_dict["d_model"])
         if symmetry == "transip":
             self.transforms = nn.ModuleList([TransformationNetwork(d, transform_hidden) for _ in self.layers])

@@ -331,7 +331,9 @@ class TransIPModel(nn.Module):
             torch.tensor(covalent_radii[: MAX_ATOMIC_NUMBER + 1], dtype=torch.float32),
             config.zbl_switch_fraction,
         )
-        self.neighbor_cutoff = max(self.attention_cutoff, self.zbl.max_range()) if self.use_zbl else self.attention_cutoff
+        self.neighbor_cutoff = (
+            max(self.attention_cutoff, self.zbl.max_range()) if self.use_zbl else self.attention_cutoff
+        )
 
     @torch.jit.unused
     def _init_geometry_sensitive(self) -> None:
