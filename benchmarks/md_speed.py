@@ -222,7 +222,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--no-mace", action="store_true")
     parser.add_argument("--mace-small-only", action="store_true", help="with --quick: skip MACE-OFF-medium")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (0: torch default; 1 is fastest for small systems and robust on a busy machine)")
+                        help="torch intra-op threads (0: torch default; 1 is fastest for small systems "
+                             "and robust on a busy machine)")
     args = parser.parse_args(argv)
     args.backends = [b for b in args.backends.split(",") if b]
     args.systems = [s for s in args.systems.split(",") if s]

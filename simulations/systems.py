@@ -187,7 +187,10 @@ def remove_ml_interactions(system: openmm.System, ml_atoms: Sequence[int]) -> No
     are kept. Raises for a force type it does not know how to split.
     """
     ml = set(int(i) for i in ml_atoms)
-    inside = lambda *atoms: all(a in ml for a in atoms)
+
+    def inside(*atoms: int) -> bool:
+        return all(a in ml for a in atoms)
+
     for index in range(system.getNumForces()):
         force = system.getForce(index)
         if isinstance(force, openmm.HarmonicBondForce):

@@ -91,7 +91,8 @@ def capped_amino_acid_pdb(key: str, out: Path) -> None:
     ace_c = nme_c = None
     for m in methyls:
         (h,) = heavy(m)
-        if elements[h] == "C" and any(elements[j] == "O" for j in heavy(h)) and any(elements[j] == "N" for j in heavy(h)):
+        neighbours = {elements[j] for j in heavy(h)}
+        if elements[h] == "C" and "O" in neighbours and "N" in neighbours:
             ace_c = (m, h)
         if elements[h] == "N":
             nme_c = (m, h)

@@ -35,7 +35,8 @@ def test_openmm_matches_python_model(alanine, generic64, platform_name, backend)
     # The CPU platform stores positions in single precision: allow for that.
     tol_f = 1e-6 if platform_name == "Reference" else 2e-2
     assert abs(e - e_ref) < (1e-6 if platform_name == "Reference" else 1e-1)
-    np.testing.assert_allclose(f, f_ref, atol=tol_f * max(1.0, np.abs(f_ref).max()) if platform_name != "Reference" else 1e-6)
+    atol = tol_f * max(1.0, np.abs(f_ref).max()) if platform_name != "Reference" else 1e-6
+    np.testing.assert_allclose(f, f_ref, atol=atol)
 
 
 @pytest.mark.parametrize("backend", ["torch", "python"])

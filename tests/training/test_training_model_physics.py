@@ -37,7 +37,8 @@ def test_translation_invariance_exact(model, data):
     batch = collate(data, [4, 5])
     e0 = _energy(model, batch)
     shifted = collate(data, [4, 5])
-    shifted.positions = shifted.positions + torch.tensor([3.7, -12.1, 0.45], dtype=torch.float64) * shifted.mask[..., None]
+    shift = torch.tensor([3.7, -12.1, 0.45], dtype=torch.float64)
+    shifted.positions = shifted.positions + shift * shifted.mask[..., None]
     torch.testing.assert_close(_energy(model, shifted), e0, rtol=0, atol=1e-9)
 
 
