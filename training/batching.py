@@ -17,7 +17,7 @@ class Batch:
 
     numbers (B, N) int64; positions (B, N, 3) Å; mask (B, N) bool; charge (B,) int64;
     multiplicity (B,) int64; energy (B,) eV; forces (B, N, 3) eV/Å (0 on padding);
-    n_atoms (B,) int64.
+    n_atoms (B,) int64; has_energy (B,) bool (False: force-only record, energy unused).
     """
 
     numbers: Tensor
@@ -28,6 +28,7 @@ class Batch:
     energy: Tensor
     forces: Tensor
     n_atoms: Tensor
+    has_energy: Tensor
 
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> "Batch":
         return Batch(
@@ -39,6 +40,7 @@ class Batch:
             energy=self.energy.to(device, torch.float64),
             forces=self.forces.to(device, dtype),
             n_atoms=self.n_atoms.to(device),
+            has_energy=self.has_energy.to(device),
         )
 
     @property
@@ -70,6 +72,7 @@ def collate(dataset: MoleculeDataset, indices: Sequence[int]) -> Batch:
         energy=torch.tensor([float(m.energy) for m in mols], dtype=torch.float64),
         forces=forces,
         n_atoms=torch.tensor([m.n_atoms for m in mols], dtype=torch.int64),
+        has_energy=torch.tensor([bool(m.has_energy) for m in mols], dtype=torch.bool),
     )
 
 

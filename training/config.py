@@ -32,11 +32,15 @@ class DataConfig:
     ``train``: files to train on. ``val``: validation files; if empty, a family-disjoint
     split of ``train`` with ``val_fraction``. ``max_train`` / ``max_val``: optional caps
     (first structures after the split, for quick runs). ``elements``: atomic numbers the
-    model supports (default: those in the training data).
+    model supports (default: those in the training data). ``force_only``: extra training
+    files at *other* levels of theory: their forces train the model, their energies are
+    never used (energies of different levels cannot share one set of element references);
+    they take no part in the split, the reference fit or validation.
     """
 
     train: List[str] = field(default_factory=list)
     val: List[str] = field(default_factory=list)
+    force_only: List[str] = field(default_factory=list)
     root: str = "."
     val_fraction: float = 0.1
     split_seed: int = 0

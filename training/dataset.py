@@ -26,7 +26,9 @@ class Molecule:
 
     numbers (n,) int64; positions (n, 3) Å; energy eV; forces (n, 3) eV/Å;
     charge total charge in e; multiplicity 2S+1; family key for splits;
-    source file and record index for error messages.
+    source file and record index for error messages. ``has_energy`` False: a record
+    whose energy is at another level of theory than the training set's references
+    (force-only data); its energy takes no part in losses, references or metrics.
     """
 
     numbers: np.ndarray
@@ -38,6 +40,7 @@ class Molecule:
     family: str = ""
     source: str = "<memory>"
     index: int = 0
+    has_energy: bool = True
 
     @property
     def n_atoms(self) -> int:
@@ -111,6 +114,16 @@ class MoleculeDataset:
     def subset(self, indices: Sequence[int]) -> "MoleculeDataset":
         return MoleculeDataset([self.molecules[i] for i in indices])
 
+    def without_energies(self) -> "MoleculeDataset":
+        """The same records marked force-only (``has_energy`` False)."""
+        for mol in self.molecules:
+            mol.has_energy = False
+        return self
+
+    def with_energies(self) -> "MoleculeDataset":
+        """The records whose energies count (``has_energy`` True)."""
+        return MoleculeDataset([m for m in self.molecules if m.has_energy])
+
     def validate(self, elements: Optional[Sequence[int]] = None) -> None:
         for mol in self.molecules:
             validate_molecule(mol, elements)
@@ -137,5 +150,5 @@ class MoleculeDataset:
             h.update(np.ascontiguousarray(m.positions, dtype=np.float64).tobytes())
             h.update(np.float64(m.energy).tobytes())
             h.update(np.ascontiguousarray(m.forces, dtype=np.float64).tobytes())
-            h.update(np.array([m.charge, m.multiplicity], dtype=np.int64).tobytes())
+            h.update(np.array([m.charge, m.multiplicity, int(m.has_energy)], dtype=np.int64).tobytes())
         return h.hexdigest()

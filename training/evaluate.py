@@ -82,7 +82,7 @@ def rotation_errors(predictor: Predictor, dataset: MoleculeDataset, n_structures
             numbers=single.numbers.expand(k, -1), positions=pos, mask=single.mask.expand(k, -1),
             charge=single.charge.expand(k), multiplicity=single.multiplicity.expand(k),
             energy=single.energy.expand(k), forces=single.forces.expand(k, -1, -1),
-            n_atoms=single.n_atoms.expand(k),
+            n_atoms=single.n_atoms.expand(k), has_energy=single.has_energy.expand(k),
         )
         e, f = predictor(batch)
         e_rot[s] = e

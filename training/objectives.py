@@ -120,7 +120,8 @@ class TrainingModule(nn.Module):
         ``rotations`` (B, 3, 3): the random rotations of this step (``augment``: applied to
         the input; ``transip``: the pair rotation). Returns ``loss`` (scalar) and
         ``loss_energy``, ``loss_force``, ``loss_equiv``, ``energy_mae`` (eV/atom, sum),
-        ``force_abs_err`` (eV/Å, sum), counts ``n_struct``, ``n_force``.
+        ``force_abs_err`` (eV/Å, sum), counts ``n_struct`` (structures whose energy counts),
+        ``n_force``. Force-only records (``batch.has_energy`` False) add to the force loss only.
         """
         positions = batch.positions
         forces_ref = batch.forces
@@ -136,8 +137,9 @@ class TrainingModule(nn.Module):
         target = (batch.energy - ref_sum).to(energy.dtype)
         n_atoms = batch.n_atoms.to(energy.dtype)
         norm = self.model.energy_scale if self.energy_norm is None else self.energy_norm
-        e_err = (energy - target) / n_atoms
-        loss_energy = ((e_err / norm) ** 2).mean()
+        e_err = (energy - target) / n_atoms * batch.has_energy.to(energy.dtype)  # 0 for force-only records
+        n_energy = batch.has_energy.sum()
+        loss_energy = ((e_err / norm) ** 2).sum() / n_energy.clamp(min=1)
         maskf = batch.mask.to(forces.dtype).unsqueeze(-1)
         f_err = (forces - forces_ref) * maskf
         n_comp = maskf.sum() * 3.0
@@ -168,6 +170,6 @@ class TrainingModule(nn.Module):
             "loss_equiv": loss_equiv.detach(),
             "energy_abs_err": e_err.detach().abs().sum(),
             "force_abs_err": f_err.detach().abs().sum(),
-            "n_struct": torch.tensor(float(batch.size)),
+            "n_struct": n_energy.detach().to(torch.float64).cpu(),
             "n_force": n_comp.detach(),
         }

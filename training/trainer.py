@@ -74,6 +74,10 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
         train = train.subset(range(min(cfg.data.max_train, len(train))))
     if cfg.data.max_val is not None:
         val = val.subset(range(min(cfg.data.max_val, len(val))))
+    if cfg.data.force_only:
+        extra = read_datasets([cfg.resolve(p) for p in cfg.data.force_only], elements).without_energies()
+        logger.info("force-only data: %d structures (energies unused)", len(extra))
+        train = MoleculeDataset.concatenate([train, extra])
     if elements is None:
         elements = train.elements
     val.validate(elements)  # elements in validation but absent from training are an error
@@ -148,7 +152,7 @@ class Trainer:
         random.seed(cfg.seed)
 
         self.data = prepare_data(cfg)
-        refs, sigma, self.energy_norm = fit_references(self.data.train)
+        refs, sigma, self.energy_norm = fit_references(self.data.train.with_energies())
         self.refs = torch.from_numpy(refs)
         self.force_rms = force_rms(self.data.train)
         es = cfg.objective.energy_scale
@@ -406,7 +410,7 @@ class Trainer:
                     "step": self.step, "epoch": self.epoch, "lr": self.scheduler.get_last_lr()[0],
                     "loss": acc["loss"] / acc_steps, "loss_energy": acc["loss_energy"] / acc_steps,
                     "loss_force": acc["loss_force"] / acc_steps, "loss_equiv": acc["loss_equiv"] / acc_steps,
-                    "train_energy_mae_meV_per_atom": acc["e_err"] / acc["n_s"] * MEV_PER_EV,
+                    "train_energy_mae_meV_per_atom": acc["e_err"] / max(acc["n_s"], 1.0) * MEV_PER_EV,
                     "train_force_mae_meV_per_A": acc["f_err"] / acc["n_f"] * MEV_PER_EV,
                     "structures_per_s": window_struct / dt, "atoms_per_s": window_atoms / dt,
                     "elapsed_s": self.train_time,

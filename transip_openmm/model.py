@@ -5,8 +5,10 @@ projection of the atom's centred Cartesian coordinates, and embeddings of the
 molecule's total charge and spin multiplicity. A stack of pre-norm Transformer
 blocks mixes the tokens, with an optional per-head attention bias from radial basis
 functions of interatomic distances. A readout gives per-atom energies; the molecular
-energy is their sum plus per-element reference energies and an optional short-range
-ZBL repulsion prior. Forces are ``-dE/dx`` by autograd.
+energy is their sum plus per-element reference energies, an optional short-range
+ZBL repulsion prior and an optional learned two-body term (``pair_energy``: a radial
+pair potential per element pair, exactly invariant, that gives covalent bonds their
+stiffness from the first steps of training). Forces are ``-dE/dx`` by autograd.
 
 Optional local attention (``attention_cutoff``): attention weights are multiplied by a
 smooth cosine envelope of the interatomic distance, ``w_ij ∝ exp(s_ij) φ(r_ij)`` with
@@ -54,7 +56,9 @@ class ModelConfig:
     ``attention_cutoff`` (None = dense all-pairs attention) switches on local attention
     with a smooth envelope; ``neighbor_list_min_atoms`` is the structure size from which
     a single unpadded structure is evaluated with a neighbour list instead of all pairs
-    (both give the same function). Neither adds parameters.
+    (both give the same function). Neither adds parameters. ``pair_energy`` adds the
+    learned two-body term (:class:`PairEnergy`) with ``n_pair_rbf`` Gaussians up to
+    ``pair_cutoff`` Å.
     """
 
     d_model: int = 128
@@ -69,6 +73,10 @@ class ModelConfig:
     zbl_switch_fraction: float = 0.75
     attention_cutoff: Optional[float] = None
     neighbor_list_min_atoms: int = 256
+    pair_energy: bool = False
+    pair_cutoff: float = 5.0
+    n_pair_rbf: int = 32
+    pair_embedding_dim: int = 16
 
     def __post_init__(self) -> None:
         if self.attention_cutoff is not None and not self.attention_cutoff > 0.0:
@@ -245,6 +253,33 @@ class ZBLRepulsion(nn.Module):
         return 0.5 * self.pair_energy(zi, zj, r, pair_mask).sum(dim=(1, 2))
 
 
+class PairEnergy(nn.Module):
+    """Learned two-body energy ``E = ½ Σ_{i≠j} Σ_k c_k(Z_i, Z_j) φ_k(r_ij)`` (eV).
+
+    ``φ_k``: Gaussians on [0, cutoff] Å with a cosine switch to zero at the cutoff (smooth
+    energy and forces); ``c(Z_i, Z_j) = W (e_{Z_i} ⊙ e_{Z_j}) + b``, symmetric in the pair,
+    scaled by the model's ``energy_scale``. ``W`` and ``b`` start at zero, so an untrained
+    term contributes nothing.
+    """
+
+    def __init__(self, n_rbf: int, cutoff: float, embedding_dim: int) -> None:
+        super().__init__()
+        self.cutoff = float(cutoff)
+        self.rbf = RadialBasis(n_rbf, cutoff)
+        self.embedding = nn.Embedding(MAX_ATOMIC_NUMBER + 1, embedding_dim)
+        self.coefficients = nn.Linear(embedding_dim, n_rbf)
+        with torch.no_grad():
+            self.coefficients.weight.zero_()
+            self.coefficients.bias.zero_()
+
+    def pair_energy(self, zi: Tensor, zj: Tensor, r: Tensor, pair_mask: Tensor) -> Tensor:
+        """Energy of each pair (eV, before ``energy_scale``); zi, zj, r, pair_mask broadcastable
+        to one shape ``S`` (int64, int64, Å, bool) -> (S)."""
+        c = self.coefficients(self.embedding(zi) * self.embedding(zj))
+        pair = (c * self.rbf(r)).sum(-1)
+        return torch.where(pair_mask & (r < self.cutoff), pair, torch.zeros_like(pair))
+
+
 def neighbor_list(positions: Tensor, cutoff: float) -> Tuple[Tensor, Tensor]:
     """Pairs closer than ``cutoff`` (self included) by a cell list, in O(N) time and memory.
 
@@ -331,9 +366,15 @@ class TransIPModel(nn.Module):
             torch.tensor(covalent_radii[: MAX_ATOMIC_NUMBER + 1], dtype=torch.float32),
             config.zbl_switch_fraction,
         )
-        self.neighbor_cutoff = (
-            max(self.attention_cutoff, self.zbl.max_range()) if self.use_zbl else self.attention_cutoff
-        )
+        self.use_pair_energy = bool(config.pair_energy)
+        self.pair = PairEnergy(config.n_pair_rbf, config.pair_cutoff, config.pair_embedding_dim) \
+            if config.pair_energy else None
+        neighbor_cutoff = self.attention_cutoff
+        if self.use_zbl:
+            neighbor_cutoff = max(neighbor_cutoff, self.zbl.max_range())
+        if config.pair_energy:
+            neighbor_cutoff = max(neighbor_cutoff, float(config.pair_cutoff))
+        self.neighbor_cutoff = neighbor_cutoff
 
     @torch.jit.unused
     def _init_geometry_sensitive(self) -> None:
@@ -462,12 +503,15 @@ class TransIPModel(nn.Module):
             h = block.forward_neighbors(h, neighbors, biases[i])
             hidden.append(h.unsqueeze(0))
         energy = self._atom_energies(h, z).sum().unsqueeze(0)
+        zj = z[neighbors]
+        zi = z.unsqueeze(1)
+        pair_mask = valid & (neighbors != torch.arange(n, device=pos.device).unsqueeze(1))
         if self.use_zbl:
-            zj = z[neighbors]
-            zi = z.unsqueeze(1)
-            pair_mask = valid & (neighbors != torch.arange(n, device=pos.device).unsqueeze(1))
             if self.zbl.any_active(zi, zj, r, pair_mask):
                 energy = energy + 0.5 * self.zbl.pair_energy(zi, zj, r, pair_mask).sum()
+        pair = self.pair
+        if pair is not None:
+            energy = energy + 0.5 * self.energy_scale * pair.pair_energy(zi, zj, r, pair_mask).sum()
         return energy, hidden
 
     def forward(
@@ -491,13 +535,18 @@ class TransIPModel(nn.Module):
             energy = (atom_energy * mask.to(positions.dtype)).sum(dim=1)
         else:
             energy = atom_energy.sum(dim=1)
-        if self.use_zbl:
+        pair = self.pair
+        if self.use_zbl or pair is not None:
             eye = torch.eye(n, dtype=torch.bool, device=positions.device).unsqueeze(0)
             if padded:
                 pair_mask = mask.unsqueeze(2) & mask.unsqueeze(1) & ~eye
             else:
                 pair_mask = ~eye
-            energy = energy + self.zbl(atomic_numbers, r, pair_mask)
+            if self.use_zbl:
+                energy = energy + self.zbl(atomic_numbers, r, pair_mask)
+            if pair is not None:
+                pair_e = pair.pair_energy(atomic_numbers.unsqueeze(2), atomic_numbers.unsqueeze(1), r, pair_mask)
+                energy = energy + 0.5 * self.energy_scale * pair_e.sum(dim=(1, 2))
         return energy, hidden
 
 

@@ -19,6 +19,9 @@ def make_model(seed: int = 0, **overrides) -> TransIPModel:
     with torch.no_grad():
         model.energy_scale.fill_(0.7)
         model.element_energies.uniform_(-2.0, 2.0)
+        if model.pair is not None:  # zero-initialised in the model: give it a non-trivial shape
+            model.pair.coefficients.weight.normal_(0.0, 0.3)
+            model.pair.coefficients.bias.normal_(0.0, 0.3)
     return model
 
 

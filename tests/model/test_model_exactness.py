@@ -12,7 +12,7 @@ from transip_openmm.model import (
     prepare_for_inference,
 )
 
-from model_helpers import energy_forces, inputs, make_model, random_molecule
+from model_helpers import SMALL, energy_forces, inputs, make_model, random_molecule
 
 CONFIGS = {
     "dense": {},
@@ -20,6 +20,9 @@ CONFIGS = {
     "no_zbl": {"zbl_repulsion": False},
     "local_dense": {"attention_cutoff": 3.0},
     "local_neighbors": {"attention_cutoff": 3.0, "neighbor_list_min_atoms": 1},
+    "pair": {"pair_energy": True, "pair_cutoff": 4.0},
+    "pair_neighbors": {"pair_energy": True, "pair_cutoff": 4.0, "attention_cutoff": 3.0,
+                       "neighbor_list_min_atoms": 1},
 }
 
 DEFAULT_KEYS = (
@@ -172,3 +175,26 @@ def test_no_distance_bias_trains_with_force_loss():
     assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
     model.eval()
     torch.testing.assert_close(model(*args)[0], energy.detach())
+
+
+def test_pair_energy_is_zero_beyond_its_cutoff_smooth_there_and_zero_untrained():
+    model = make_model(pair_energy=True, pair_cutoff=4.0)
+    mask = torch.ones(1, 1, 1, dtype=torch.bool)
+    zi, zj = torch.tensor([[[6]]]), torch.tensor([[[8]]])
+
+    def e_pair(r: float) -> float:
+        return float(model.pair.pair_energy(zi, zj, torch.tensor([[[r]]], dtype=torch.float64), mask).sum().detach())
+
+    assert e_pair(4.0) == 0.0 and e_pair(5.0) == 0.0
+    assert abs(e_pair(3.999)) < 1e-6 and abs(e_pair(1.2)) > 1e-3
+    assert e_pair(1.2) == pytest.approx(float(model.pair.pair_energy(zj, zi, torch.tensor([[[1.2]]],
+                                                                      dtype=torch.float64), mask).sum().detach()))
+    torch.manual_seed(0)
+    untrained = TransIPModel(ModelConfig(**SMALL, pair_energy=True)).double()
+    plain = TransIPModel(ModelConfig(**SMALL)).double()
+    plain.load_state_dict({k: v for k, v in untrained.state_dict().items() if not k.startswith("pair.")})
+    z, pos = random_molecule(6)
+    mask6, charge, mult = inputs(z)
+    e_with, _ = untrained(z, pos, mask6, charge, mult)
+    e_without, _ = plain(z, pos, mask6, charge, mult)
+    assert float(e_with.detach()) == float(e_without.detach())

@@ -133,6 +133,24 @@ def test_huber_force_loss_equals_mse_for_small_errors():
     assert robust["loss_force"] < mse["loss_force"]
 
 
+def test_force_only_records_train_forces_but_not_energies():
+    """A force-only record adds to the force loss; its (arbitrary) energy changes nothing."""
+    data = read_dataset(TEST_DATA / "acac_mini.xyz")
+    refs, _ = fit_element_energies(data)
+    torch.manual_seed(0)
+    model = TransIPModel(ModelConfig.from_dict(TINY_MODEL)).double()
+    module = TrainingModule(model, torch.from_numpy(refs), 1.0, "none")
+    both = module(collate(data, [0, 1]))
+    only_first = module(collate(data, [0]))
+    data[1].has_energy = False
+    data[1].energy += 1.0e4  # another level of theory: its energy must not count
+    mixed = module(collate(data, [0, 1]))
+    torch.testing.assert_close(mixed["loss_energy"], only_first["loss_energy"])
+    torch.testing.assert_close(mixed["loss_force"], both["loss_force"])
+    assert float(mixed["n_struct"]) == 1.0
+    assert float(mixed["energy_abs_err"]) == pytest.approx(float(only_first["energy_abs_err"]))
+
+
 def test_augment_rotates_forces_consistently():
     """With an exactly rotation-invariant energy, augmenting leaves the losses unchanged."""
     data = read_dataset(TEST_DATA / "acac_mini.xyz")
@@ -208,3 +226,26 @@ def test_rotation_errors_zero_for_invariant_and_positive_for_fixed_frame():
     assert ok["rot_energy_std_meV"] < 1e-6 and ok["rot_force_err_rel"] < 1e-10
     bad = rotation_errors(fixed_frame, data, n_structures=3, n_rotations=4)
     assert bad["rot_energy_std_meV"] > 1.0 and bad["rot_force_err_rel"] > 0.5
+
+
+def test_force_only_files_join_training_only(tmp_path):
+    """``data.force_only``: added to training, out of the split, the reference fit and validation."""
+    from transip_openmm.training.trainer import Trainer
+
+    cfg = config_from_dict({
+        "data": {"root": str(TEST_DATA), "train": ["acac_mini.xyz"], "val": ["acac_mini.xyz"],
+                 "force_only": ["omol25_mini.aselmdb"], "max_atoms_per_batch": 4000},
+        "model": dict(TINY_MODEL),
+        "optim": {"max_steps": 1},
+        "run": {"progress": False, "threads": 1},
+    })
+    main_data = read_dataset(TEST_DATA / "acac_mini.xyz")
+    extra = read_dataset(TEST_DATA / "omol25_mini.aselmdb")
+    trainer = Trainer(cfg, tmp_path / "run")
+    train, val = trainer.data.train, trainer.data.val
+    assert len(train) == len(main_data) + len(extra)
+    assert sum(m.has_energy for m in train) == len(main_data)
+    assert all(m.has_energy for m in val) and len(val) == len(main_data)
+    refs, _ = fit_element_energies(main_data)
+    np.testing.assert_allclose(trainer.refs.numpy(), refs)
+    assert set(trainer.data.elements) >= set(extra.elements)
