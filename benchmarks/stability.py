@@ -1,9 +1,9 @@
 """MD stability screen of exported models: does the molecule stay intact at 300 K?
 
     python benchmarks/stability.py [--quick] [--models default runs/x/model.pt ...]
-        [--time-ps 10] [--json OUT.json] [--plot OUT.png]
+        [--time-ps 10] [--seeds 1 2 3] [--json OUT.json] [--plot OUT.png]
 
-For each model: alanine dipeptide in vacuum (every atom ML, OpenMM CPU platform), local
+For each model and seed: alanine dipeptide in vacuum (every atom ML, OpenMM CPU platform), local
 energy minimisation (200 iterations), then Langevin dynamics at 300 K (friction 1/ps,
 0.5 fs) for ``--time-ps``. Every 0.1 ps it records the largest bond-length ratio against
 the input structure (bonds from the PDB topology), the instantaneous temperature, the
@@ -111,15 +111,16 @@ def screen(model: str, time_ps: float, seed: int = 1) -> Dict[str, Any]:
 
 
 def plot_traces(traces: Dict[str, Dict[str, List[float]]], path: str) -> None:
-    """Worst bond ratio and temperature against time, one line per model."""
+    """Worst bond ratio and temperature against time, one line per ``"<model> seed <seed>"`` key."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax_bond, ax_temp) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
-    for model, trace in traces.items():
-        label = Path(model).name if model != "default" else "default"
+    for key, trace in traces.items():
+        model, _, seed = key.partition(" seed ")
+        label = f"{Path(model).name} seed {seed}"
         ax_bond.plot(trace["time_ps"], trace["worst_bond_ratio"], label=label)
         ax_temp.plot(trace["time_ps"], trace["temperature_K"], label=label)
     ax_bond.axhline(BROKEN_RATIO, color="k", ls="--", lw=0.8)
@@ -140,7 +141,8 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--time-ps", type=float, default=10.0)
     parser.add_argument("--quick", action="store_true", help="2 ps per model")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3],
+                        help="one run per seed (velocities and Langevin noise)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--plot", default=None)
     args = parser.parse_args(argv)
@@ -150,12 +152,13 @@ def main(argv: List[str] | None = None) -> int:
     time_ps = 2.0 if args.quick else args.time_ps
     rows, traces = [], {}
     for model in args.models:
-        result = screen(model, time_ps, args.seed)
-        rows.append(result["row"])
-        traces[model] = result["trace"]
-    print_table(rows, ["model", "minimise_dE_kJ_per_mol", "minimise_worst_bond_ratio", "md_time_ps",
+        for seed in args.seeds:
+            result = screen(model, time_ps, seed)
+            rows.append({**result["row"], "seed": seed})
+            traces[f"{model} seed {seed}"] = result["trace"]
+    print_table(rows, ["model", "seed", "minimise_dE_kJ_per_mol", "minimise_worst_bond_ratio", "md_time_ps",
                        "worst_bond_ratio", "worst_bond", "broken_at_ps", "T_mean_K", "max_force_kJ_per_mol_nm"])
-    write_json(args.json, rows, {**machine_info(), "time_ps": time_ps, "seed": args.seed})
+    write_json(args.json, rows, {**machine_info(), "time_ps": time_ps, "seeds": args.seeds})
     if args.json:
         Path(args.json).with_suffix(".traces.json").write_text(json.dumps(traces))
     if args.plot:

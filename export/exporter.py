@@ -90,7 +90,7 @@ def build_metadata(checkpoint: Dict[str, Any], spec: Optional[SystemSpec], dtype
         "dtype": dtype,
         "frame_averaging": "octahedral group, 24 rotations" if frame_average else None,
         "model_config": checkpoint["model_config"],
-        "train_config": _jsonable(checkpoint.get("config")),
+        "train_config": _portable_config(checkpoint.get("config")),
         "symmetry": checkpoint.get("symmetry"),
         "data_hash": checkpoint.get("data_hash"),
         "validation_metrics": _jsonable(checkpoint.get("val_metrics") or checkpoint.get("metrics")),
@@ -100,6 +100,15 @@ def build_metadata(checkpoint: Dict[str, Any], spec: Optional[SystemSpec], dtype
         "source_checkpoint": source,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _portable_config(config: Any) -> Any:
+    """The training config without ``config_dir`` (where the YAML file happened to live on the
+    training machine: meaningless elsewhere, and the shipped file must not carry it)."""
+    config = _jsonable(config)
+    if isinstance(config, dict):
+        config = {k: v for k, v in config.items() if k != "config_dir"}
+    return config
 
 
 def _jsonable(value: Any) -> Any:

@@ -25,6 +25,8 @@ def test_default_model_is_shipped_small_and_described():
     assert meta["symmetry"] == "transip"
     assert meta["system"] is None  # generic: any topology of supported elements
     assert (path.parent / "MODEL_CARD.md").is_file()
+    train_config = meta["train_config"]  # portable: no path of the machine it was trained on
+    assert "config_dir" not in train_config and not Path(train_config["data"]["root"]).is_absolute()
     for key in ("force_mae_meV_per_A", "energy_mae_meV_per_atom", "force_cos_mean"):
         assert np.isfinite(meta["validation_metrics"][key])
 
@@ -72,3 +74,41 @@ def test_default_model_repels_atoms_pushed_together():
     context.setPositions(squeezed)
     e1 = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
     assert e1 > e0 + 100.0
+
+
+def _bond_ratios(pdb: app.PDBFile, positions: np.ndarray) -> np.ndarray:
+    pairs = np.array([[a.index, b.index] for a, b in pdb.topology.bonds()])
+    start = pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+    d0 = np.linalg.norm(start[pairs[:, 0]] - start[pairs[:, 1]], axis=1)
+    return np.linalg.norm(positions[pairs[:, 0]] - positions[pairs[:, 1]], axis=1) / d0
+
+
+def test_default_model_minimiser_keeps_every_bond():
+    """Energy minimisation of alanine dipeptide must not break or badly stretch any bond
+    (the failure of a model without bond stiffness: the minimiser pulls the molecule apart)."""
+    pdb = app.PDBFile(str(ALA))
+    context = _context(pdb)
+    openmm.LocalEnergyMinimizer.minimize(context, 10.0, 200)
+    minimised = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+    ratios = _bond_ratios(pdb, minimised)
+    assert ratios.max() < 1.15 and ratios.min() > 0.85
+
+
+@pytest.mark.parametrize("shift_nm", [-0.02, 0.02])
+def test_default_model_backbone_bond_sits_in_a_well(shift_nm):
+    """Rigidly moving the C-terminal half along CA->C (stretching or compressing the C-C bond
+    by 0.2 Å) raises the energy."""
+    pdb = app.PDBFile(str(ALA))
+    context = _context(pdb)
+    atoms = list(pdb.topology.atoms())
+    ca = next(a.index for a in atoms if a.name == "CA")
+    c = next(a.index for a in atoms if a.name == "C" and a.residue.name == "ALA")
+    moved = [a.index for a in atoms if a.residue.name == "NME" or (a.residue.name == "ALA" and a.name in ("C", "O"))]
+    positions = pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+    e0 = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+    direction = (positions[c] - positions[ca]) / np.linalg.norm(positions[c] - positions[ca])
+    shifted = positions.copy()
+    shifted[moved] += shift_nm * direction
+    context.setPositions(shifted)
+    e1 = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+    assert e1 > e0 + 10.0
