@@ -7,10 +7,11 @@ For each model and seed: alanine dipeptide in vacuum (every atom ML, OpenMM CPU 
 energy minimisation (200 iterations), then Langevin dynamics at 300 K (friction 1/ps,
 0.5 fs) for ``--time-ps``. Every 0.1 ps it records the largest bond-length ratio against
 the input structure (bonds from the PDB topology), the instantaneous temperature, the
-potential energy and the largest atomic force. A bond ratio above 1.3 counts as broken.
+potential energy and the largest atomic force. A bond ratio above 1.3 counts as broken; a
+non-bonded pair within 1.1 × the sum of covalent radii as a new bond (changed chemistry).
 This is the cheap screen to pass before a 100 ps protocol run. JSON: a list of rows
 ``model, minimise_dE_kJ_per_mol, minimise_worst_bond_ratio, md_time_ps, worst_bond_ratio,
-broken_at_ps, T_mean_K, max_force_kJ_per_mol_nm``; the traces go to ``OUT.traces.json``.
+broken_at_ps, new_bond_at_ps, T_mean_K, max_force_kJ_per_mol_nm``; the traces go to ``OUT.traces.json``.
 """
 
 from __future__ import annotations
@@ -50,7 +51,10 @@ def screen(model: str, time_ps: float, seed: int = 1) -> Dict[str, Any]:
     from transip_openmm import TransIPForce
 
     pdb = app.PDBFile(str(STRUCTURE))
+    from transip_openmm.simulations.analysis import count_new_bonds
+
     pairs = np.array([[a.index, b.index] for a, b in pdb.topology.bonds()])
+    numbers = [atom.element.atomic_number for atom in pdb.topology.atoms()]
     names = [f"{a.residue.name}:{a.name}-{b.name}" for a, b in pdb.topology.bonds()]
     x0 = pdb.getPositions(asNumpy=True).value_in_unit(u.nanometer)
     d0 = np.linalg.norm(x0[pairs[:, 0]] - x0[pairs[:, 1]], axis=1)
@@ -73,7 +77,7 @@ def screen(model: str, time_ps: float, seed: int = 1) -> Dict[str, Any]:
     steps = int(round(BLOCK_PS * 1000 / TIMESTEP_FS))
     trace: Dict[str, List[float]] = {"time_ps": [], "worst_bond_ratio": [], "temperature_K": [],
                                      "potential_kJ_per_mol": [], "max_force_kJ_per_mol_nm": []}
-    broken_at = None
+    broken_at = new_bond_at = None
     worst_ratio, worst_name = 0.0, ""
     for block in range(int(round(time_ps / BLOCK_PS))):
         integrator.step(steps)
@@ -90,6 +94,9 @@ def screen(model: str, time_ps: float, seed: int = 1) -> Dict[str, Any]:
         trace["max_force_kJ_per_mol_nm"].append(float(np.linalg.norm(forces, axis=1).max()))
         if r.max() > worst_ratio:
             worst_ratio, worst_name = float(r.max()), names[int(np.argmax(r))]
+        if new_bond_at is None and count_new_bonds(x, numbers, pairs)[0] > 0:
+            new_bond_at = (block + 1) * BLOCK_PS
+            logger.info("%s: a bond the topology does not have formed at %.1f ps", model, new_bond_at)
         if broken_at is None and r.max() > BROKEN_RATIO:
             broken_at = (block + 1) * BLOCK_PS
             logger.info("%s: bond %s broken at %.1f ps (ratio %.2f)", model, worst_name, broken_at, r.max())
@@ -104,6 +111,7 @@ def screen(model: str, time_ps: float, seed: int = 1) -> Dict[str, Any]:
         "worst_bond_ratio": worst_ratio,
         "worst_bond": worst_name,
         "broken_at_ps": broken_at,
+        "new_bond_at_ps": new_bond_at,
         "T_mean_K": float(np.mean(trace["temperature_K"])) if trace["temperature_K"] else float("nan"),
         "max_force_kJ_per_mol_nm": max(trace["max_force_kJ_per_mol_nm"], default=float("nan")),
     }
@@ -157,7 +165,8 @@ def main(argv: List[str] | None = None) -> int:
             rows.append({**result["row"], "seed": seed})
             traces[f"{model} seed {seed}"] = result["trace"]
     print_table(rows, ["model", "seed", "minimise_dE_kJ_per_mol", "minimise_worst_bond_ratio", "md_time_ps",
-                       "worst_bond_ratio", "worst_bond", "broken_at_ps", "T_mean_K", "max_force_kJ_per_mol_nm"])
+                       "worst_bond_ratio", "worst_bond", "broken_at_ps", "new_bond_at_ps", "T_mean_K",
+                       "max_force_kJ_per_mol_nm"])
     write_json(args.json, rows, {**machine_info(), "time_ps": time_ps, "seeds": args.seeds})
     if args.json:
         Path(args.json).with_suffix(".traces.json").write_text(json.dumps(traces))

@@ -58,6 +58,33 @@ def compute_bond_stretch(traj, reference, atom_indices: Sequence[int] | None = N
     return mdtraj.compute_distances(traj, pairs, periodic=periodic) / d0
 
 
+#: A non-bonded pair closer than this times the sum of covalent radii counts as a new bond.
+NEW_BOND_FACTOR = 1.1
+
+
+def count_new_bonds(positions_nm: np.ndarray, numbers: Sequence[int], bonds: np.ndarray,
+                    factor: float = NEW_BOND_FACTOR) -> np.ndarray:
+    """Number of atom pairs per frame that are *not* bonded in the topology but closer than
+    ``factor`` × the sum of their covalent radii: bonds the topology does not have, i.e. the
+    chemistry changed (a collapsed ring, a transferred proton). positions_nm (F, N, 3) or
+    (N, 3) nm; numbers (N,) atomic numbers; bonds (B, 2) atom indices. Returns (F,) int."""
+    from ase.data import covalent_radii
+
+    x = np.asarray(positions_nm, dtype=np.float64)
+    if x.ndim == 2:
+        x = x[None]
+    n = x.shape[1]
+    radii_nm = covalent_radii[np.asarray(numbers, dtype=int)] / 10.0
+    threshold = factor * (radii_nm[:, None] + radii_nm[None, :])
+    bonded = np.eye(n, dtype=bool)
+    if len(bonds):
+        b = np.asarray(bonds, dtype=int)
+        bonded[b[:, 0], b[:, 1]] = bonded[b[:, 1], b[:, 0]] = True
+    upper = np.triu(~bonded, k=1)
+    d = np.linalg.norm(x[:, :, None, :] - x[:, None, :, :], axis=-1)
+    return ((d < threshold) & upper).sum(axis=(1, 2))
+
+
 def compute_ramachandran(traj) -> tuple[np.ndarray, np.ndarray]:
     """Backbone dihedrals φ and ψ in degrees, each (n_frames, n_angles) in [-180, 180)."""
     import mdtraj

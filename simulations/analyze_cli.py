@@ -116,15 +116,27 @@ def analyze_run(run_dir: Path, out: Path) -> dict[str, Any]:
         if stretch.size:
             worst = stretch.max(axis=1)
             broken = np.nonzero(worst > BROKEN_BOND_RATIO)[0]
+            sub = traj.atom_slice(solute)
+            sub_bonds = np.array([[a.index, b.index] for a, b in sub.topology.bonds], dtype=int)
+            new_bonds = A.count_new_bonds(sub.xyz, [a.element.atomic_number for a in sub.topology.atoms],
+                                          sub_bonds)
+            formed = np.nonzero(new_bonds > 0)[0]
             summary["bonds"] = {
                 "max_length_ratio": float(worst.max()),
-                "intact": bool(len(broken) == 0),
+                "max_new_bonds": int(new_bonds.max()),
+                "intact": bool(len(broken) == 0 and len(formed) == 0),
                 "first_broken_frame_time_ps": float(time[broken[0]]) if len(broken) else None,
-                "criterion": f"a solute bond longer than {BROKEN_BOND_RATIO} x its length in topology.pdb",
+                "first_new_bond_frame_time_ps": float(time[formed[0]]) if len(formed) else None,
+                "criterion": (f"no solute bond longer than {BROKEN_BOND_RATIO} x its length in topology.pdb, and "
+                              f"no non-bonded solute pair closer than {A.NEW_BOND_FACTOR} x the sum of "
+                              "covalent radii (a bond the topology does not have)"),
             }
             if len(broken):
                 logger.warning("the solute did not stay intact: a bond is %.1fx its starting length "
                                "from t = %.2f ps on (see bonds in summary.json)", worst.max(), time[broken[0]])
+            if len(formed):
+                logger.warning("the solute's chemistry changed: %d bond(s) the topology does not have "
+                               "from t = %.2f ps on (see bonds in summary.json)", new_bonds.max(), time[formed[0]])
         fig, ax = plt.subplots(figsize=(6, 2.5))
         ax.plot(time, rmsd * 10, lw=1)
         ax.set_xlabel("time (ps)")

@@ -73,3 +73,19 @@ def test_bond_stretch_detects_a_broken_bond():
     ratio = compute_bond_stretch(traj, traj[0])
     assert ratio.shape == (3, 1)
     np.testing.assert_allclose(ratio[:, 0], [1.0, 0.120 / 0.109, 0.500 / 0.109], rtol=1e-5)
+
+
+def test_new_bonds_are_counted_only_between_unbonded_atoms_in_covalent_contact():
+    """O-C-N (an amide's O and N, 2.25 Å apart, not bonded) collapsing to 1.2 Å is a new bond;
+    the bonded pairs at any length and the starting geometry are not."""
+    from transip_openmm.simulations.analysis import count_new_bonds
+
+    numbers = [8, 6, 7]
+    bonds = np.array([[0, 1], [1, 2]])
+    start = np.array([[-0.1125, 0.07, 0.0], [0.0, 0.0, 0.0], [0.1125, 0.07, 0.0]])  # O...N 0.225 nm
+    collapsed = start.copy()
+    collapsed[2] = start[0] + np.array([0.12, 0.0, 0.0])  # O...N 0.12 nm
+    stretched = start * 3.0  # bonded pairs far apart: breaking is not "new"
+    counts = count_new_bonds(np.stack([start, collapsed, stretched]), numbers, bonds)
+    np.testing.assert_array_equal(counts, [0, 1, 0])
+    assert count_new_bonds(collapsed, numbers, np.zeros((0, 2), int)).tolist() == [3]
