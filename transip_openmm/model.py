@@ -366,7 +366,6 @@ class TransIPModel(nn.Module):
             torch.tensor(covalent_radii[: MAX_ATOMIC_NUMBER + 1], dtype=torch.float32),
             config.zbl_switch_fraction,
         )
-        self.use_pair_energy = bool(config.pair_energy)
         self.pair = PairEnergy(config.n_pair_rbf, config.pair_cutoff, config.pair_embedding_dim) \
             if config.pair_energy else None
         neighbor_cutoff = self.attention_cutoff
@@ -503,15 +502,15 @@ class TransIPModel(nn.Module):
             h = block.forward_neighbors(h, neighbors, biases[i])
             hidden.append(h.unsqueeze(0))
         energy = self._atom_energies(h, z).sum().unsqueeze(0)
-        zj = z[neighbors]
-        zi = z.unsqueeze(1)
-        pair_mask = valid & (neighbors != torch.arange(n, device=pos.device).unsqueeze(1))
-        if self.use_zbl:
-            if self.zbl.any_active(zi, zj, r, pair_mask):
-                energy = energy + 0.5 * self.zbl.pair_energy(zi, zj, r, pair_mask).sum()
         pair = self.pair
-        if pair is not None:
-            energy = energy + 0.5 * self.energy_scale * pair.pair_energy(zi, zj, r, pair_mask).sum()
+        if self.use_zbl or pair is not None:
+            zj = z[neighbors]
+            zi = z.unsqueeze(1)
+            pair_mask = valid & (neighbors != torch.arange(n, device=pos.device).unsqueeze(1))
+            if self.use_zbl and self.zbl.any_active(zi, zj, r, pair_mask):
+                energy = energy + 0.5 * self.zbl.pair_energy(zi, zj, r, pair_mask).sum()
+            if pair is not None:
+                energy = energy + 0.5 * self.energy_scale * pair.pair_energy(zi, zj, r, pair_mask).sum()
         return energy, hidden
 
     def forward(
