@@ -49,10 +49,9 @@ def _bond_ratios(x: np.ndarray, pairs: np.ndarray, d0: np.ndarray) -> np.ndarray
 def screen(model: str, time_ps: float, seed: int = 1) -> Dict[str, Any]:
     """Minimise and run ``time_ps`` of 300 K MD with ``model``; return the row and its traces."""
     from transip_openmm import TransIPForce
-
-    pdb = app.PDBFile(str(STRUCTURE))
     from transip_openmm.simulations.analysis import count_new_bonds
 
+    pdb = app.PDBFile(str(STRUCTURE))
     pairs = np.array([[a.index, b.index] for a, b in pdb.topology.bonds()])
     numbers = [atom.element.atomic_number for atom in pdb.topology.atoms()]
     names = [f"{a.residue.name}:{a.name}-{b.name}" for a, b in pdb.topology.bonds()]

@@ -80,9 +80,12 @@ def count_new_bonds(positions_nm: np.ndarray, numbers: Sequence[int], bonds: np.
     if len(bonds):
         b = np.asarray(bonds, dtype=int)
         bonded[b[:, 0], b[:, 1]] = bonded[b[:, 1], b[:, 0]] = True
-    upper = np.triu(~bonded, k=1)
-    d = np.linalg.norm(x[:, :, None, :] - x[:, None, :, :], axis=-1)
-    return ((d < threshold) & upper).sum(axis=(1, 2))
+    candidate = np.triu(~bonded, k=1)
+    counts = np.zeros(x.shape[0], dtype=np.int64)
+    for f, frame in enumerate(x):  # one frame at a time: memory N², not F·N²
+        d = np.linalg.norm(frame[:, None, :] - frame[None, :, :], axis=-1)
+        counts[f] = int(((d < threshold) & candidate).sum())
+    return counts
 
 
 def compute_ramachandran(traj) -> tuple[np.ndarray, np.ndarray]:

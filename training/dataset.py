@@ -7,6 +7,7 @@ record index it came from, so a bad record can be reported precisely.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from typing import Iterable, List, Optional, Sequence
@@ -115,10 +116,8 @@ class MoleculeDataset:
         return MoleculeDataset([self.molecules[i] for i in indices])
 
     def without_energies(self) -> "MoleculeDataset":
-        """The same records marked force-only (``has_energy`` False)."""
-        for mol in self.molecules:
-            mol.has_energy = False
-        return self
+        """Copies of the records marked force-only (``has_energy`` False)."""
+        return MoleculeDataset([dataclasses.replace(m, has_energy=False) for m in self.molecules])
 
     def with_energies(self) -> "MoleculeDataset":
         """The records whose energies count (``has_energy`` True)."""
