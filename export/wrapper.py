@@ -17,10 +17,13 @@ without re-scripting, see :mod:`transip_openmm.system_spec`):
 * ``check_finite`` (bool): raise on non-finite positions or energy (needs a host sync, so it is
   switched off when the module is captured in a CUDA graph).
 
-Periodic boxes: the ML region is made whole by the minimum image of every ML atom relative to
-the first ML atom, so shifting any ML atom by a box vector leaves energy and forces unchanged.
-The model itself sees an isolated cluster (no periodic images); this is right for an ML region
-smaller than half the box, which is what ML/MM regions and small solutes are.
+Periodic boxes: a model with relative positions and local attention
+(``model.supports_periodic``) gets the box and sees the periodic images itself (minimum image
+within its cutoff), which is what an all-ML periodic box (an electrolyte, a solvent) needs.
+Any other model gets the ML region made whole by the minimum image of every ML atom relative
+to the first ML atom and sees an isolated cluster: right for an ML region smaller than half
+the box (ML/MM regions, small solutes). Either way shifting any ML atom by a box vector
+leaves energy and forces unchanged.
 """
 
 from __future__ import annotations
@@ -93,8 +96,12 @@ class OpenMMTransIP(nn.Module):
         # Gradient mode must be on (it is inside OpenMM; Python callers must not use no_grad).
         pos = positions.detach().to(dtype).requires_grad_(True)
         x = pos
+        cell: Optional[Tensor] = None
         if box is not None:
-            x = self.make_whole(x, box.to(dtype))
+            if self.model.supports_periodic:
+                cell = box.to(dtype) * self.length_scale
+            else:
+                x = self.make_whole(x, box.to(dtype))
         n = x.shape[0]
         mask = torch.ones(1, n, dtype=torch.bool, device=x.device)
         energy_ev, _ = self.model(
@@ -103,6 +110,7 @@ class OpenMMTransIP(nn.Module):
             mask,
             self.charge,
             self.multiplicity,
+            cell,
         )
         energy = energy_ev.sum() * self.energy_scale
         reference = self.reference_energies[self.atomic_numbers].sum() * self.energy_scale

@@ -34,6 +34,8 @@ from typing import Any
 
 import yaml
 
+from transip_openmm import SHIPPED_MODELS
+
 #: Structure file suffixes read with openmm.app (biomolecules) and with ASE (small molecules).
 OPENMM_STRUCTURE_SUFFIXES = (".pdb", ".cif", ".pdbx")
 ASE_STRUCTURE_SUFFIXES = (".xyz", ".extxyz", ".sdf")
@@ -313,11 +315,12 @@ def _parse_system(data: Any, base: Path, check_files: bool) -> SystemSpec:
 def _parse_model(data: Any, base: Path, check_files: bool) -> ModelSpec:
     s = _Section(data, "model")
     path = s.get("path", str, "default")
-    if path not in ("default", "none"):
+    if path not in (*SHIPPED_MODELS, "none"):
         resolved = Path(path) if Path(path).is_absolute() else (base / path).resolve()
         if check_files and not resolved.is_file():
             raise ProtocolError(f"model.path: model file {resolved} does not exist; expected an "
-                                "exported model (transip export), 'default' or 'none'")
+                                f"exported model (transip export), one of {sorted(SHIPPED_MODELS)} "
+                                "(shipped models) or 'none'")
         path = str(resolved)
     forcefield = s.get("forcefield", (list, str), [])
     if isinstance(forcefield, str):

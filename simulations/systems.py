@@ -298,7 +298,10 @@ def build_system(protocol: Protocol, add_ml_force: bool = True) -> BuiltSystem:
     ml_atoms = (select_ml_atoms(topology, positions, model.ml_region, model.ml_shell_nm)
                 if model.uses_ml else [])
 
-    if forcefield is not None:
+    all_ml = len(ml_atoms) == n_atoms
+    if all_ml and forcefield is not None:
+        logger.info("every atom is in the ML region: the force field only builds the solvent, no MM terms")
+    if forcefield is not None and not all_ml:
         if periodic:
             box = np.asarray(topology.getPeriodicBoxVectors().value_in_unit(unit.nanometer))
             if model.cutoff_nm > 0.5 * min(np.diag(box)):

@@ -40,15 +40,16 @@ PathLike = Union[str, Path]
 
 
 def resolve_model_path(path: PathLike) -> Path:
-    """``"default"`` -> the shipped demo model; anything else -> ``Path(path)`` (must exist)."""
-    if str(path) == "default":
-        from transip_openmm import default_model_path
+    """A shipped model's name (``"default"``, ``"local"``) -> its file; anything else ->
+    ``Path(path)`` (must exist)."""
+    from transip_openmm import SHIPPED_MODELS, shipped_model_path
 
+    if str(path) in SHIPPED_MODELS:
         try:
-            return default_model_path()
+            return shipped_model_path(str(path))
         except FileNotFoundError as exc:
             raise ArtifactError(
-                f"'default' asks for the demo model shipped with transip-openmm, but this "
+                f"{str(path)!r} asks for a model shipped with transip-openmm, but this "
                 f"installation has none ({exc}); pass the path of an exported model instead"
             ) from exc
     path = Path(path)

@@ -20,7 +20,7 @@ and is TorchScript compatible, so an exporter can wrap it like the plain model.
 from __future__ import annotations
 
 import itertools
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -65,6 +65,9 @@ class FrameAveragedModel(nn.Module):
         self.register_buffer("element_energies", model.element_energies, persistent=False)
         self.use_neighbor_path = bool(model.use_attention_cutoff)
         self.neighbor_list_min_atoms = int(model.neighbor_list_min_atoms)
+        # Rotated frames would need rotated (no longer reduced) boxes: periodic cells are
+        # refused, and an exported frame-averaged model treats a box as the ML/MM case does.
+        self.supports_periodic = False
 
     def forward(
         self,
@@ -73,7 +76,10 @@ class FrameAveragedModel(nn.Module):
         mask: Tensor,
         charge: Tensor,
         multiplicity: Tensor,
+        cell: Optional[Tensor] = None,
     ) -> Tuple[Tensor, List[Tensor]]:
+        if cell is not None:
+            raise ValueError("TransIP: frame averaging does not support periodic cells")
         b, n = atomic_numbers.shape
         k = self.n_frames
         rot = self.rotations.to(dtype=positions.dtype, device=positions.device)

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from transip_openmm.neighbors import check_cell, minimum_image, neighbor_list
 from transip_openmm.units import COULOMB_EV_ANGSTROM
 
 #: Largest atomic number the embedding tables cover (Pu).
@@ -47,6 +48,11 @@ MAX_ABS_CHARGE = 10
 MAX_MULTIPLICITY = 11
 #: Added under the square root of squared distances (Å²): keeps d r / d x finite at r = 0.
 DISTANCE_EPS = 1e-12
+#: ``absolute``: tokens carry the atom's centred coordinates (the paper's model);
+#: ``relative``: geometry enters only through per-pair features of the displacement
+#: vectors (attention logits and values), so no absolute frame is used and a periodic
+#: box works with local attention.
+POSITION_ENCODINGS = ("absolute", "relative")
 
 
 @dataclass
@@ -58,7 +64,8 @@ class ModelConfig:
     a single unpadded structure is evaluated with a neighbour list instead of all pairs
     (both give the same function). Neither adds parameters. ``pair_energy`` adds the
     learned two-body term (:class:`PairEnergy`) with ``n_pair_rbf`` Gaussians up to
-    ``pair_cutoff`` Å.
+    ``pair_cutoff`` Å. ``position_encoding`` is ``absolute`` or ``relative`` (see
+    :data:`POSITION_ENCODINGS`); periodic boxes need ``relative`` and an ``attention_cutoff``.
     """
 
     d_model: int = 128
@@ -77,10 +84,18 @@ class ModelConfig:
     pair_cutoff: float = 5.0
     n_pair_rbf: int = 32
     pair_embedding_dim: int = 16
+    position_encoding: str = "absolute"
 
     def __post_init__(self) -> None:
         if self.attention_cutoff is not None and not self.attention_cutoff > 0.0:
             raise ValueError(f"attention_cutoff must be > 0 Å or None, got {self.attention_cutoff}")
+        if self.position_encoding not in POSITION_ENCODINGS:
+            raise ValueError(
+                f"position_encoding must be one of {POSITION_ENCODINGS}, got {self.position_encoding!r}"
+            )
+        if self.position_encoding == "relative" and not self.distance_bias:
+            raise ValueError("position_encoding 'relative' needs distance_bias: true (geometry enters "
+                             "through the pair features of attention)")
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "ModelConfig":
@@ -131,7 +146,7 @@ def log_cosine_envelope(r: Tensor, cutoff: float, valid: Tensor) -> Tensor:
 class TransformerBlock(nn.Module):
     """Pre-norm Transformer block: ``x + Attn(LN(x), bias)`` then ``x + MLP(LN(x))``."""
 
-    def __init__(self, d_model: int, n_heads: int, mlp_ratio: float) -> None:
+    def __init__(self, d_model: int, n_heads: int, mlp_ratio: float, n_edge_features: int = 0) -> None:
         super().__init__()
         if d_model % n_heads != 0:
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
@@ -144,10 +159,22 @@ class TransformerBlock(nn.Module):
         self.norm_mlp = nn.LayerNorm(d_model)
         hidden = int(round(d_model * mlp_ratio))
         self.mlp = nn.Sequential(nn.Linear(d_model, hidden), nn.SiLU(), nn.Linear(hidden, d_model))
+        # Relative positions in the values (``position_encoding: relative``): head h adds
+        # W_h Σ_j w_ijh e_ij, the attention-weighted pair features mapped to d_head.
+        self.edge_value = nn.Linear(n_edge_features, d_model, bias=False) if n_edge_features > 0 else None
 
-    def forward(self, x: Tensor, attn_bias: Optional[Tensor]) -> Tensor:
+    def _edge_values(self, weighted: Tensor) -> Tensor:
+        """weighted: (P, H, F) attention-weighted pair features -> (P, d)."""
+        edge_value = self.edge_value
+        assert edge_value is not None
+        p = weighted.shape[0]
+        w = edge_value.weight.view(self.n_heads, self.d_head, weighted.shape[2])
+        return torch.einsum("phf,hdf->phd", weighted, w).reshape(p, self.n_heads * self.d_head)
+
+    def forward(self, x: Tensor, attn_bias: Optional[Tensor], edge: Optional[Tensor] = None) -> Tensor:
         """x: (B, N, d); attn_bias: additive logits (B, H, N, N) (padding = -1e9), or
-        (H, N, N) when B = 1, or None (no bias: fused attention)."""
+        (H, N, N) when B = 1, or None (no bias: fused attention); edge: pair features
+        (B, N, N, F) for relative positions (needs a bias), or None."""
         b, n, d = x.shape
         y = self.qkv(self.norm_attn(x))
         if attn_bias is None and not self.training:
@@ -166,21 +193,31 @@ class TransformerBlock(nn.Module):
             # One structure: strided (H, N, dh) views, scale and bias fused into baddbmm.
             q, k, v = y.view(n, 3, self.n_heads, self.d_head).permute(1, 2, 0, 3).unbind(0)
             scores = torch.baddbmm(attn_bias, q, k.transpose(1, 2), alpha=self.scale)
-            attn = torch.bmm(torch.softmax(scores, dim=-1), v)
+            weights = torch.softmax(scores, dim=-1)  # (H, N, N)
+            attn = torch.bmm(weights, v)
             attn = attn.transpose(0, 1).reshape(b, n, d)
+            if edge is not None:
+                attn = attn + self._edge_values(torch.einsum("hij,ijf->ihf", weights, edge[0])).unsqueeze(0)
         else:
             q, k, v = y.view(b, n, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4).unbind(0)
             scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale + attn_bias
-            attn = torch.matmul(torch.softmax(scores, dim=-1), v)
+            weights = torch.softmax(scores, dim=-1)  # (B, H, N, N)
+            attn = torch.matmul(weights, v)
             attn = attn.transpose(1, 2).reshape(b, n, d)
+            if edge is not None:
+                weighted = torch.einsum("bhij,bijf->bihf", weights, edge)
+                attn = attn + self._edge_values(weighted.reshape(b * n, self.n_heads, -1)).view(b, n, d)
         x = x + self.out(attn)
         return x + self.mlp(self.norm_mlp(x))
 
-    def forward_neighbors(self, x: Tensor, neighbors: Tensor, attn_bias: Tensor) -> Tensor:
+    def forward_neighbors(
+        self, x: Tensor, neighbors: Tensor, attn_bias: Tensor, edge: Optional[Tensor] = None
+    ) -> Tensor:
         """Local attention over a neighbour list.
 
         x: (N, d); neighbors: (N, M) int64 indices into x; attn_bias: (N, M, H) additive
-        logits including ``log φ`` (``-inf`` on padding slots). Returns (N, d).
+        logits including ``log φ`` (``-inf`` on padding slots); edge: pair features
+        (N, M, F) for relative positions, or None. Returns (N, d).
         Keys and values are gathered once per layer (``index_select``, whose backward is a
         fast ``index_add``); the per-pair products are elementwise, not N·H tiny matmuls.
         """
@@ -192,8 +229,10 @@ class TransformerBlock(nn.Module):
         k, v = kv.unbind(2)  # (N, M, H, dh)
         scores = (q * k).sum(-1) * self.scale + attn_bias  # (N, M, H)
         weights = torch.softmax(scores, dim=1)
-        attn = (weights.unsqueeze(-1) * v).sum(1)  # (N, H, dh)
-        x = x + self.out(attn.reshape(n, d))
+        attn = (weights.unsqueeze(-1) * v).sum(1).reshape(n, d)  # (N, H, dh) -> (N, d)
+        if edge is not None:
+            attn = attn + self._edge_values(torch.einsum("nmh,nmf->nhf", weights, edge))
+        x = x + self.out(attn)
         return x + self.mlp(self.norm_mlp(x))
 
 
@@ -280,43 +319,6 @@ class PairEnergy(nn.Module):
         return torch.where(pair_mask & (r < self.cutoff), pair, torch.zeros_like(pair))
 
 
-def neighbor_list(positions: Tensor, cutoff: float) -> Tuple[Tensor, Tensor]:
-    """Pairs closer than ``cutoff`` (self included) by a cell list, in O(N) time and memory.
-
-    positions: (N, 3) Å (not differentiated). Returns ``(neighbors (N, M) int64,
-    valid (N, M) bool)``: row i lists the atoms j with |x_j - x_i| < cutoff, padded
-    (``valid`` False) with index i up to M, the largest neighbour count.
-    """
-    pos = positions.detach()
-    n = pos.shape[0]
-    device = pos.device
-    cell = torch.floor((pos - pos.min(dim=0).values) / cutoff).to(torch.long) + 1
-    dims = cell.max(dim=0).values + 2  # one empty cell layer on each side: no wrap-around
-    stride = torch.stack([dims[1] * dims[2], dims[2], torch.ones_like(dims[2])])
-    cell_id = (cell * stride).sum(dim=1)
-    sorted_id, order = torch.sort(cell_id)
-    unique_id, counts = torch.unique_consecutive(sorted_id, return_counts=True)
-    k_max = int(counts.max())
-    ar = torch.arange(-1, 2, device=device)
-    offsets = torch.stack(torch.meshgrid(ar, ar, ar, indexing="ij"), dim=-1).reshape(27, 3)
-    neighbor_cell = cell_id.unsqueeze(1) + (offsets * stride).sum(dim=1)  # (N, 27)
-    start = torch.searchsorted(sorted_id, neighbor_cell)
-    end = torch.searchsorted(sorted_id, neighbor_cell, right=True)
-    slot = start.unsqueeze(-1) + torch.arange(k_max, device=device)  # (N, 27, K)
-    in_cell = slot < end.unsqueeze(-1)
-    candidates = order[slot.clamp(max=n - 1)].reshape(n, 27 * k_max)
-    in_cell = in_cell.reshape(n, 27 * k_max)
-    d = pos[candidates] - pos.unsqueeze(1)
-    close = in_cell & ((d * d).sum(dim=-1) < cutoff * cutoff)
-    n_close = close.sum(dim=1)
-    m = int(n_close.max())
-    rank = torch.argsort(close.to(torch.int8), dim=1, descending=True, stable=True)[:, :m]
-    neighbors = torch.gather(candidates, 1, rank)
-    valid = torch.arange(m, device=device).unsqueeze(0) < n_close.unsqueeze(1)
-    self_index = torch.arange(n, device=device).unsqueeze(1).expand(n, m)
-    return torch.where(valid, neighbors, self_index), valid
-
-
 class TransIPModel(nn.Module):
     """Energy model. ``forward`` returns ``(energy (B,) eV, hidden states)``.
 
@@ -341,17 +343,23 @@ class TransIPModel(nn.Module):
         self.use_attention_cutoff = config.attention_cutoff is not None
         self.attention_cutoff = float(config.attention_cutoff) if config.attention_cutoff is not None else 0.0
         self.neighbor_list_min_atoms = int(config.neighbor_list_min_atoms)
+        self.relative = config.position_encoding == "relative"
+        #: Whether ``forward`` accepts a periodic ``cell`` (relative positions, local attention).
+        self.supports_periodic = self.relative and self.use_attention_cutoff
         self.max_abs_charge = MAX_ABS_CHARGE
         self.max_multiplicity = MAX_MULTIPLICITY
 
         self.element_embedding = nn.Embedding(MAX_ATOMIC_NUMBER + 1, d, padding_idx=0)
         self.charge_embedding = nn.Embedding(2 * MAX_ABS_CHARGE + 1, d)
         self.multiplicity_embedding = nn.Embedding(MAX_MULTIPLICITY + 1, d)
-        self.coord_embedding = nn.Sequential(nn.Linear(3, d), nn.SiLU(), nn.Linear(d, d))
+        self.coord_embedding = None if self.relative else nn.Sequential(nn.Linear(3, d), nn.SiLU(), nn.Linear(d, d))
         self.rbf = RadialBasis(config.n_rbf, config.rbf_cutoff)
-        self.bias_projection = nn.Linear(config.n_rbf, config.n_heads * config.n_layers)
+        # Pair features: the radial basis, plus (relative) the switched displacement vector.
+        n_pair_features = config.n_rbf + 3 if self.relative else config.n_rbf
+        self.bias_projection = nn.Linear(n_pair_features, config.n_heads * config.n_layers)
+        n_edge_features = n_pair_features if self.relative else 0
         self.blocks = nn.ModuleList(
-            [TransformerBlock(d, config.n_heads, config.mlp_ratio) for _ in range(config.n_layers)]
+            [TransformerBlock(d, config.n_heads, config.mlp_ratio, n_edge_features) for _ in range(config.n_layers)]
         )
         self.final_norm = nn.LayerNorm(d)
         self.readout = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, 1))
@@ -395,14 +403,43 @@ class TransIPModel(nn.Module):
     def _tokens(
         self, atomic_numbers: Tensor, centred: Tensor, charge: Tensor, multiplicity: Tensor
     ) -> Tensor:
-        """Input tokens (B, N, d) from atomic numbers and centred positions (B, N, 3) Å."""
+        """Input tokens (B, N, d) from atomic numbers and centred positions (B, N, 3) Å
+        (positions unused with relative position encoding)."""
         charge_index = torch.clamp(charge + self.max_abs_charge, 0, 2 * self.max_abs_charge)
         mult_index = torch.clamp(multiplicity, 0, self.max_multiplicity)
-        return (
-            self.element_embedding(atomic_numbers)
-            + self.coord_embedding(centred / self.coord_scale)
-            + (self.charge_embedding(charge_index) + self.multiplicity_embedding(mult_index)).unsqueeze(1)
-        )
+        tokens = self.element_embedding(atomic_numbers) + (
+            self.charge_embedding(charge_index) + self.multiplicity_embedding(mult_index)
+        ).unsqueeze(1)
+        coord_embedding = self.coord_embedding
+        if coord_embedding is not None:
+            tokens = tokens + coord_embedding(centred / self.coord_scale)
+        return tokens
+
+    def _pair_features(self, diff: Tensor, r: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """diff (..., 3) Å = x_j - x_i and r (...) Å -> (input of the attention-bias projection
+        (..., F), pair features for the attention values (..., F) or None).
+
+        Absolute encoding: the radial basis (F = n_rbf), no value features. Relative: the
+        radial basis and the displacement vector / rbf_cutoff, switched off smoothly at
+        rbf_cutoff (F = n_rbf + 3), for both.
+        """
+        rbf = self.rbf(r)
+        if not self.relative:
+            return rbf, None
+        cutoff = self.rbf.cutoff
+        switch = 0.5 * (torch.cos(math.pi * torch.clamp(r / cutoff, max=1.0)) + 1.0)
+        edge = torch.cat([rbf, diff * (switch / cutoff).unsqueeze(-1)], dim=-1)
+        return edge, edge
+
+    def _check_cell(self, cell: Optional[Tensor]) -> None:
+        """Periodic cells need relative positions and local attention; cutoff <= half the box."""
+        if cell is not None:
+            if not self.supports_periodic:
+                raise ValueError(
+                    "TransIP: a periodic cell needs a model with position_encoding 'relative' and an "
+                    "attention_cutoff (absolute coordinates have no meaning in a periodic box)"
+                )
+            check_cell(cell, self.neighbor_cutoff)
 
     def _embed_dense(
         self,
@@ -412,8 +449,10 @@ class TransIPModel(nn.Module):
         charge: Tensor,
         multiplicity: Tensor,
         padded: bool,
+        cell: Optional[Tensor],
     ) -> Tuple[List[Tensor], Tensor]:
-        """All-pairs trunk; ``padded=False`` promises every atom is real (skips mask work)."""
+        """All-pairs trunk; ``padded=False`` promises every atom is real (skips mask work);
+        ``cell`` (3, 3) Å: minimum-image displacements (relative encoding only)."""
         b, n = atomic_numbers.shape
         if padded:
             maskf = mask.to(positions.dtype).unsqueeze(-1)
@@ -425,12 +464,16 @@ class TransIPModel(nn.Module):
             centred = positions - positions.mean(dim=1, keepdim=True)
             h = self._tokens(atomic_numbers, centred, charge, multiplicity)
 
-        diff = positions.unsqueeze(2) - positions.unsqueeze(1)
+        diff = positions.unsqueeze(1) - positions.unsqueeze(2)  # (B, N, N, 3): x_j - x_i
+        if cell is not None:
+            diff = minimum_image(diff, cell)
         r = torch.sqrt((diff * diff).sum(-1) + 1e-12)  # DISTANCE_EPS  # (B, N, N)
 
         bias_all: Optional[Tensor] = None  # (L, B, H, N, N)
+        edge: Optional[Tensor] = None  # (B, N, N, F)
         if self.use_distance_bias:
-            bias_all = self.bias_projection(self.rbf(r)).view(b, n, n, self.n_layers, self.n_heads)
+            bias_input, edge = self._pair_features(diff, r)
+            bias_all = self.bias_projection(bias_input).view(b, n, n, self.n_layers, self.n_heads)
             bias_all = bias_all.permute(3, 0, 4, 1, 2)
         extra: Optional[Tensor] = None  # (B, 1, N, N) or (B, 1, 1, N), same for every layer
         if self.use_attention_cutoff:
@@ -458,7 +501,7 @@ class TransIPModel(nn.Module):
             # unbind, not indexing: its backward is one stack instead of L zero-fills.
             biases = bias_all.unbind(0)
             for i, block in enumerate(self.blocks):
-                h = block(h, biases[i])
+                h = block(h, biases[i], edge)
                 hidden.append(h)
         return hidden, r
 
@@ -469,9 +512,11 @@ class TransIPModel(nn.Module):
         mask: Tensor,
         charge: Tensor,
         multiplicity: Tensor,
+        cell: Optional[Tensor] = None,
     ) -> Tuple[List[Tensor], Tensor]:
         """Token embeddings of every layer and the pairwise distances (B, N, N) Å."""
-        return self._embed_dense(atomic_numbers, positions, mask, charge, multiplicity, True)
+        self._check_cell(cell)
+        return self._embed_dense(atomic_numbers, positions, mask, charge, multiplicity, True, cell)
 
     def _atom_energies(self, h: Tensor, atomic_numbers: Tensor) -> Tensor:
         """Per-atom energies (eV), same leading shape as ``atomic_numbers``."""
@@ -479,27 +524,33 @@ class TransIPModel(nn.Module):
         return atom_energy * self.energy_scale + self.element_energies.to(h.dtype)[atomic_numbers]
 
     def _forward_neighbors(
-        self, atomic_numbers: Tensor, positions: Tensor, charge: Tensor, multiplicity: Tensor
+        self, atomic_numbers: Tensor, positions: Tensor, charge: Tensor, multiplicity: Tensor,
+        cell: Optional[Tensor],
     ) -> Tuple[Tensor, List[Tensor]]:
-        """Local attention of one unpadded structure (B = 1) over a cell-list neighbour list."""
+        """Local attention of one unpadded structure (B = 1) over a cell-list neighbour list;
+        ``cell`` (3, 3) Å or None (open boundaries)."""
         z = atomic_numbers[0]
         pos = positions[0]
         n = pos.shape[0]
         h = self._tokens(atomic_numbers, positions - positions.mean(dim=1, keepdim=True), charge, multiplicity)[0]
-        neighbors, valid = neighbor_list(pos, self.neighbor_cutoff)
+        neighbors, valid = neighbor_list(pos, self.neighbor_cutoff, cell)
         m = neighbors.shape[1]
-        diff = pos[neighbors] - pos.unsqueeze(1)  # (N, M, 3)
+        diff = pos[neighbors] - pos.unsqueeze(1)  # (N, M, 3): x_j - x_i
+        if cell is not None:
+            diff = minimum_image(diff, cell)
         r = torch.sqrt((diff * diff).sum(-1) + 1e-12)  # DISTANCE_EPS
         extra = log_cosine_envelope(r, self.attention_cutoff, valid).unsqueeze(-1)  # (N, M, 1)
+        edge: Optional[Tensor] = None
         if self.use_distance_bias:
-            bias = self.bias_projection(self.rbf(r)).view(n, m, self.n_layers, self.n_heads)
+            bias_input, edge = self._pair_features(diff, r)
+            bias = self.bias_projection(bias_input).view(n, m, self.n_layers, self.n_heads)
             bias_all = (bias + extra.unsqueeze(-1)).permute(2, 0, 1, 3)  # (L, N, M, H)
         else:
             bias_all = extra.unsqueeze(0).expand(self.n_layers, n, m, self.n_heads)
         hidden: List[Tensor] = [h.unsqueeze(0)]
         biases = bias_all.unbind(0)
         for i, block in enumerate(self.blocks):
-            h = block.forward_neighbors(h, neighbors, biases[i])
+            h = block.forward_neighbors(h, neighbors, biases[i], edge)
             hidden.append(h.unsqueeze(0))
         energy = self._atom_energies(h, z).sum().unsqueeze(0)
         pair = self.pair
@@ -520,15 +571,19 @@ class TransIPModel(nn.Module):
         mask: Tensor,
         charge: Tensor,
         multiplicity: Tensor,
+        cell: Optional[Tensor] = None,
     ) -> Tuple[Tensor, List[Tensor]]:
+        """``cell``: (3, 3) Å periodic box, rows = box vectors (OpenMM's reduced form), shared by
+        the batch; needs ``supports_periodic``. None: open boundaries."""
         b, n = atomic_numbers.shape
+        self._check_cell(cell)
         if self.use_attention_cutoff and b == 1 and n >= self.neighbor_list_min_atoms:
             if bool(mask.all()):  # the neighbour list synchronises anyway
-                return self._forward_neighbors(atomic_numbers, positions, charge, multiplicity)
+                return self._forward_neighbors(atomic_numbers, positions, charge, multiplicity, cell)
         # Data-dependent shortcuts need a host sync; on CUDA the general (padded) path is
         # taken instead, so that an evaluation can be captured in a CUDA graph.
         padded = True if positions.is_cuda else not bool(mask.all())
-        hidden, r = self._embed_dense(atomic_numbers, positions, mask, charge, multiplicity, padded)
+        hidden, r = self._embed_dense(atomic_numbers, positions, mask, charge, multiplicity, padded, cell)
         atom_energy = self._atom_energies(hidden[-1], atomic_numbers)
         if padded:
             energy = (atom_energy * mask.to(positions.dtype)).sum(dim=1)

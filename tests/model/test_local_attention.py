@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from transip_openmm.model import neighbor_list
+from transip_openmm.neighbors import neighbor_list
 
 from model_helpers import energy_forces, inputs, make_model, random_molecule
 

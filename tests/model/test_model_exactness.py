@@ -23,6 +23,9 @@ CONFIGS = {
     "pair": {"pair_energy": True, "pair_cutoff": 4.0},
     "pair_neighbors": {"pair_energy": True, "pair_cutoff": 4.0, "attention_cutoff": 3.0,
                        "neighbor_list_min_atoms": 1},
+    "relative": {"position_encoding": "relative"},
+    "relative_neighbors": {"position_encoding": "relative", "attention_cutoff": 3.0, "pair_energy": True,
+                           "pair_cutoff": 4.0, "neighbor_list_min_atoms": 1},
 }
 
 DEFAULT_KEYS = (
@@ -53,6 +56,10 @@ def test_config_round_trip_and_validation():
         ModelConfig(attention_cutoff=0.0)
     with pytest.raises(ValueError, match="unknown model config"):
         ModelConfig.from_dict({"attention_radius": 4.0})
+    with pytest.raises(ValueError, match="position_encoding"):
+        ModelConfig(position_encoding="rotary")
+    with pytest.raises(ValueError, match="distance_bias"):
+        ModelConfig(position_encoding="relative", distance_bias=False)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -101,7 +108,7 @@ def test_zbl_prior_contributes_only_at_short_range_and_repels():
     assert float(f_close[0, 1, 0]) > 0.0  # pushes atom 1 away from atom 0 (+x)
 
 
-@pytest.mark.parametrize("name", ["dense", "local_neighbors"])
+@pytest.mark.parametrize("name", ["dense", "local_neighbors", "relative", "relative_neighbors"])
 def test_translation_and_permutation_invariance(name):
     model = make_model(**CONFIGS[name])
     z, pos = random_molecule(10)
@@ -116,7 +123,7 @@ def test_translation_and_permutation_invariance(name):
     torch.testing.assert_close(f2, f0[:, perm], rtol=0, atol=1e-9)
 
 
-@pytest.mark.parametrize("name", ["dense", "no_bias", "local_dense"])
+@pytest.mark.parametrize("name", ["dense", "no_bias", "local_dense", "relative"])
 def test_padded_batch_equals_single_structures(name):
     model = make_model(**CONFIGS[name])
     za, pa = random_molecule(9, seed=1)
