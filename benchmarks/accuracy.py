@@ -110,17 +110,20 @@ class MacePredictor:
 
 
 def run_dataset(name: str, args: argparse.Namespace, out: Path) -> List[Dict[str, Any]]:
-    from transip_openmm.training.compare_symmetry import compare
+    from transip_openmm.training.compare_symmetry import compare, local_model, with_overrides
     from transip_openmm.training.config import load_config
     from transip_openmm.training.evaluate import evaluate
     from transip_openmm.training.trainer import prepare_data
 
-    config = CONFIGS[name]
+    config = with_overrides(CONFIGS[name], out / name, {"model": local_model(args.local)})
     steps = args.transip_steps if args.transip_steps else (150 if args.quick else None)
     results = compare(config, out / name / "transip", steps, args.modes, args.rotation_structures)
     rows = []
     for mode, m in results.items():
-        rows.append({"dataset": name, "model": f"transip-{mode}" if mode != "transip" else "transip",
+        model = f"transip-{mode}" if mode != "transip" else "transip"
+        if args.local is not None:
+            model += f"-relative-local{args.local:g}A"
+        rows.append({"dataset": name, "model": model,
                      "train_time_s": m.get("train_time_s"), "steps": m.get("step"), **_metric_cols(m)})
 
     if args.no_mace:
@@ -165,6 +168,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--transip-steps", type=int, default=None, help="override training steps")
     parser.add_argument("--mace-epochs", type=int, default=None, help="override the budget-matched epochs")
     parser.add_argument("--no-mace", action="store_true")
+    parser.add_argument("--local", type=float, default=None, metavar="CUTOFF",
+                        help="TransIP modes with relative positions and local attention of this cutoff (Å)")
     parser.add_argument("--rotation-structures", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

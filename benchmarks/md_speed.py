@@ -4,9 +4,10 @@
 
 Systems (all atoms ML, no MM terms): alanine dipeptide in vacuum (22 atoms) and a periodic
 TIP3P-geometry water box (~1000 atoms). Models: TransIP at the candidate default sizes
-(random weights; speed does not depend on them), with local attention on the water box, with
-24-frame averaging on alanine dipeptide, the shipped default model (``transip-default``) when
-present, and MACE with MACE-OFF23 small/medium hyper-parameters (random weights) through
+(random weights; speed does not depend on them), with local attention on the water box
+(absolute positions: the box is made whole around one atom; relative positions: true periodic
+images), with 24-frame averaging on alanine dipeptide, the shipped models (``transip-default``,
+``transip-local``) when present, and MACE with MACE-OFF23 small/medium hyper-parameters (random weights) through
 ``MLPotential('mace', modelPath=...)``. Langevin dynamics with a 0.05 fs step (random
 models must not blow up; the cost of a step does not depend on its length).
 JSON: a list of rows ``model, backend, system, n_atoms, steps_per_s, ms_per_step,
@@ -112,13 +113,16 @@ def transip_cases(quick: bool) -> List[Dict[str, Any]]:
                   "attention_cutoff": 5.0}, "systems": ["water-box"], "frames": False})
     cases.append({"model": "transip-d64-L3-local5A", "config": {**TRANSIP_SIZES["transip-d64-L3"],
                   "attention_cutoff": 5.0}, "systems": ["water-box"], "frames": False})
+    cases.append({"model": "transip-d128-L4-local5A-relative", "config": {
+                  **TRANSIP_SIZES["transip-d128-L4"], "attention_cutoff": 5.0, "position_encoding": "relative"},
+                  "systems": ["water-box"], "frames": False})
     cases.append({"model": "transip-d64-L3-frames24", "config": TRANSIP_SIZES["transip-d64-L3"],
                   "systems": ["alanine-dipeptide"], "frames": True})
     return cases
 
 
 def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
-    from transip_openmm import TransIPForce, default_model_path
+    from transip_openmm import SHIPPED_MODELS, TransIPForce, shipped_model_path
 
     systems = {name: make_system_inputs(name) for name in args.systems}
     target_s, blocks = (0.6, 2) if args.quick else (2.0, 3)
@@ -166,24 +170,26 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
                     continue
                 record(case["model"], backend, system_name, system)
 
-    # The shipped default model.
-    try:
-        default_path: Optional[Path] = default_model_path()
-    except FileNotFoundError:
-        default_path = None
-    if default_path is not None and (not args.models or "transip-default" in args.models):
+    # The shipped models (``transip-default``, ``transip-local``).
+    for shipped in SHIPPED_MODELS:
+        name = f"transip-{shipped}"
+        if args.models and name not in args.models:
+            continue
+        try:
+            shipped_model_path(shipped)
+        except FileNotFoundError:
+            logger.info("no shipped %s model: %s rows skipped", shipped, name)
+            continue
         for system_name, (topology, _) in systems.items():
             for backend in args.backends:
                 try:
-                    force = transip_force(TransIPForce, "default", topology, backend, args.device)
+                    force = transip_force(TransIPForce, shipped, topology, backend, args.device)
                 except Exception as exc:
-                    logger.warning("transip-default on %s: %s", system_name, exc)
+                    logger.warning("%s on %s: %s", name, system_name, exc)
                     continue
                 system = bare_system(topology)
                 system.addForce(force)
-                record("transip-default", backend, system_name, system)
-    elif default_path is None:
-        logger.info("no shipped default model yet: transip-default rows skipped")
+                record(name, backend, system_name, system)
 
     # MACE through openmm-ml (its PythonForce).
     if not args.no_mace:

@@ -5,10 +5,12 @@
 Structures: random water-density atom clouds (0.1 atoms/Å³, H:O = 2:1, no pair closer than
 ~1.4 Å). Variants of one model size (default d=128, 4 layers, 8 heads; random weights):
 ``dense`` (all pairs, distance bias: quadratic memory), ``dense-nobias`` (all pairs, fused
-attention, no bias) and ``local5A`` (attention cutoff 5 Å over a cell-list neighbour list:
-linear). Every case runs in a fresh subprocess so that peak memory is its own: peak resident
-set size growth on the CPU, ``torch.cuda.max_memory_allocated`` on CUDA. Cases whose
-estimated memory exceeds ``--max-gb`` are reported as skipped.
+attention, no bias), ``local5A`` (attention cutoff 5 Å over a cell-list neighbour list:
+linear) and ``local5A-periodic`` (the same with relative positions, the cloud filling a
+periodic cube: every atom has a full neighbour shell, as in a solvent box). Every case runs
+in a fresh subprocess so that peak memory is its own: peak resident set size growth on the
+CPU, ``torch.cuda.max_memory_allocated`` on CUDA. Cases whose estimated memory exceeds
+``--max-gb`` are reported as skipped.
 JSON: rows ``model, variant, device, n_atoms, ms_per_eval, peak_mem_mb`` (+ ``skipped``).
 """
 
@@ -34,7 +36,9 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
     "dense": {},
     "dense-nobias": {"distance_bias": False},
     "local5A": {"attention_cutoff": 5.0},
+    "local5A-periodic": {"attention_cutoff": 5.0, "position_encoding": "relative"},
 }
+WATER_DENSITY_SPACING = 0.1 ** (-1.0 / 3.0)  # Å between grid points: 0.1 atoms/Å³
 CPU_SIZES = [22, 100, 300, 1000, 3000, 10000]
 GPU_SIZES = [22, 100, 1000, 3000, 10000, 30000, 100000]
 QUICK_SIZES = [22, 300, 1000, 3000]
@@ -43,7 +47,7 @@ QUICK_SIZES = [22, 300, 1000, 3000]
 def estimate_gb(variant: str, n: int, config: Dict[str, Any]) -> float:
     """Rough peak memory (GB) of one float32 energy+forces evaluation."""
     d, layers, heads = config["d_model"], config["n_layers"], config["n_heads"]
-    if variant == "local5A":
+    if variant.startswith("local5A"):
         m = 80  # neighbours within 5 Å at 0.1 atoms/Å³, padded
         return n * m * (2 * d + 40 + layers * heads * 4) * 4 * 3 / 1e9
     pairs = n * n
@@ -55,13 +59,19 @@ def estimate_gb(variant: str, n: int, config: Dict[str, Any]) -> float:
     return (pairs * per_pair + n * d * layers * 12) * 4 / 1e9
 
 
+def cloud_side(n: int) -> int:
+    """Grid points per edge of the cube that holds ``n`` atoms."""
+    return int(round(n ** (1.0 / 3.0))) + 1
+
+
 def water_cloud(n: int, seed: int = 0):
-    """(atomic_numbers (1, n), positions (1, n, 3) Å) at 0.1 atoms/Å³."""
+    """(atomic_numbers (1, n), positions (1, n, 3) Å) at 0.1 atoms/Å³, on the sites of a cube
+    of edge ``cloud_side(n) * WATER_DENSITY_SPACING`` Å."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    spacing = 0.1 ** (-1.0 / 3.0)  # 2.15 Å
-    side = int(round(n ** (1.0 / 3.0))) + 1
+    spacing = WATER_DENSITY_SPACING
+    side = cloud_side(n)
     grid = torch.stack(torch.meshgrid(*[torch.arange(side)] * 3, indexing="ij"), -1).reshape(-1, 3)
     pick = torch.randperm(grid.shape[0], generator=g)[:n]
     pos = grid[pick].float() * spacing + 0.35 * torch.rand(n, 3, generator=g)
@@ -86,11 +96,15 @@ def worker(variant: str, n: int, size: str, device: str, target_s: float, thread
     mask = torch.ones_like(z, dtype=torch.bool)
     charge = torch.zeros(1, dtype=torch.long, device=device)
     mult = torch.ones(1, dtype=torch.long, device=device)
+    cell = None
+    if variant.endswith("periodic"):
+        edge = cloud_side(n) * WATER_DENSITY_SPACING
+        cell = torch.eye(3, dtype=pos.dtype, device=device) * edge
     cuda = device.startswith("cuda")
 
     def evaluate() -> None:
         p = pos.clone().requires_grad_(True)
-        energy, _ = scripted(z, p, mask, charge, mult)
+        energy, _ = scripted(z, p, mask, charge, mult, cell)
         torch.autograd.grad([energy.sum()], [p])
         if cuda:
             torch.cuda.synchronize()
@@ -172,6 +186,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     for variant in variants:
         for n in sizes:
             est = estimate_gb(variant, n, config)
+            if variant.endswith("periodic") and cloud_side(n) * WATER_DENSITY_SPACING < 2 * 5.0:
+                rows.append({"model": args.size, "variant": variant, "device": args.device, "n_atoms": n,
+                             "skipped": "periodic box narrower than twice the 5 Å cutoff"})
+                continue
             if est > max_gb:
                 rows.append({"model": args.size, "variant": variant, "device": args.device, "n_atoms": n,
                              "skipped": f"estimated {est:.0f} GB > {max_gb:g} GB"})

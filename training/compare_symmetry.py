@@ -40,17 +40,24 @@ COLUMNS = [
 ]
 
 
-def with_objective_overrides(config: Path, output: Path, overrides: Dict[str, object]) -> Path:
-    """A copy of ``config`` in ``output`` with ``objective`` keys replaced (data root made absolute)."""
-    if not overrides:
+def with_overrides(config: Path, output: Path, overrides: Dict[str, Dict[str, object]]) -> Path:
+    """A copy of ``config`` in ``output`` with keys of its sections replaced (data root made
+    absolute); ``overrides`` maps a section (``model``, ``objective``, ...) to its new keys."""
+    if not any(overrides.values()):
         return config
     data = yaml.safe_load(config.read_text())
-    data.setdefault("objective", {}).update(overrides)
+    for section, keys in overrides.items():
+        data.setdefault(section, {}).update(keys)
     data.setdefault("data", {})["root"] = str(load_config(config).resolve("."))
     output.mkdir(parents=True, exist_ok=True)
     path = output / "config_override.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def local_model(cutoff: Optional[float]) -> Dict[str, object]:
+    """Model keys for relative positions with local attention (``cutoff`` Å); {} for None."""
+    return {} if cutoff is None else {"position_encoding": "relative", "attention_cutoff": float(cutoff)}
 
 
 def compare(config: Path, output: Path, max_steps: Optional[int], modes: List[str],
@@ -102,10 +109,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--rotation-structures", type=int, default=20)
     parser.add_argument("--equiv-weight", type=float, default=None, help="override objective.equiv_weight (λ)")
     parser.add_argument("--layers", type=int, nargs="+", default=None, help="override objective.layers")
+    parser.add_argument("--local", type=float, default=None, metavar="CUTOFF",
+                        help="relative positions and local attention with this cutoff (Å) for every mode")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = {k: v for k, v in (("equiv_weight", args.equiv_weight), ("layers", args.layers)) if v is not None}
-    config = with_objective_overrides(args.config, args.output, overrides)
+    objective = {k: v for k, v in (("equiv_weight", args.equiv_weight), ("layers", args.layers)) if v is not None}
+    config = with_overrides(args.config, args.output, {"objective": objective, "model": local_model(args.local)})
     results = compare(config, args.output, args.max_steps, args.modes, args.rotation_structures)
     print(markdown_table(results))
     return 0

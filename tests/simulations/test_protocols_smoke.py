@@ -16,7 +16,7 @@ SOLVATED = {"alanine-dipeptide-water", "serine-dipeptide-spice-water", "nacl-wat
 
 
 def _with_model(src: Path, model: Path, dest: Path) -> Path:
-    text = src.read_text().replace("path: default", f"path: {model}")
+    text = re.sub(r"path: (default|local)\b", f"path: {model}", src.read_text())
     text = text.replace("../inputs/", f"{src.parent.parent / 'inputs'}/")
     text = re.sub(r"platform: auto", "platform: CPU", text)
     dest.write_text(text)
@@ -29,9 +29,11 @@ def _with_model(src: Path, model: Path, dest: Path) -> Path:
     pytest.param("alanine-dipeptide-water", marks=pytest.mark.slow),
     pytest.param("serine-dipeptide-spice-water", marks=pytest.mark.slow),
     pytest.param("nacl-water", marks=pytest.mark.slow),
+    pytest.param("nacl-water-periodic-ml", marks=pytest.mark.slow),
 ])
-def test_protocol_runs_and_analyses(name: str, tmp_path: Path, tiny_model: Path) -> None:
-    protocol = _with_model(PROTOCOLS / f"{name}.yaml", tiny_model, tmp_path / f"{name}.yaml")
+def test_protocol_runs_and_analyses(name: str, tmp_path: Path, tiny_model: Path, tiny_local_model: Path) -> None:
+    model = tiny_local_model if "periodic" in name else tiny_model
+    protocol = _with_model(PROTOCOLS / f"{name}.yaml", model, tmp_path / f"{name}.yaml")
     run = tmp_path / "run"
     assert main(["simulate", str(protocol), "--output", str(run), "--max-steps", "100", "--no-progress"]) == 0
     info = json.loads((run / "run.json").read_text())
@@ -45,5 +47,5 @@ def test_protocol_runs_and_analyses(name: str, tmp_path: Path, tiny_model: Path)
     assert all(Path(p).exists() for p in summary["plots"])
     if "dipeptide" in name:
         assert "ramachandran_deg" in summary
-    if name in ("nacl-water", "li-ec-cluster"):
+    if name in ("nacl-water", "nacl-water-periodic-ml", "li-ec-cluster"):
         assert summary["ions"]
