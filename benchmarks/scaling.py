@@ -139,7 +139,11 @@ def run_case(variant: str, n: int, args: argparse.Namespace) -> Dict[str, Any]:
     cmd = [sys.executable, __file__, "--worker", variant, str(n), "--size", args.size, "--device", args.device,
            "--target-s", str(args.target_s), "--threads", str(args.threads)]
     load = load_average()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.case_timeout)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.case_timeout)
+    except subprocess.TimeoutExpired:
+        return {"model": args.size, "variant": variant, "device": args.device, "n_atoms": n,
+                "skipped": f"timed out after {args.case_timeout:g} s"}
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
         return {"model": args.size, "variant": variant, "device": args.device, "n_atoms": n,
@@ -197,6 +201,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 continue
             row = run_case(variant, n, args)
             rows.append(row)
+            write_json(args.json, rows, meta)  # as it goes: a run stopped early keeps its rows
             logger.info("%-12s %7d atoms: %s", variant, n,
                         row.get("skipped") or f"{row['ms_per_eval']:.2f} ms, {row['peak_mem_mb']:.0f} MB")
     meta["load_average_1min_end"] = load_average()
