@@ -117,7 +117,9 @@ def run_dataset(name: str, args: argparse.Namespace, out: Path) -> List[Dict[str
 
     config = with_overrides(CONFIGS[name], out / name, {"model": local_model(args.local)})
     steps = args.transip_steps if args.transip_steps else (150 if args.quick else None)
-    results = compare(config, out / name / "transip", steps, args.modes, args.rotation_structures)
+    # Finished runs are reused (compare skips them): keep each model variant in its own folder.
+    variant = "transip" if args.local is None else f"transip-relative-local{args.local:g}A"
+    results = compare(config, out / name / variant, steps, args.modes, args.rotation_structures)
     rows = []
     for mode, m in results.items():
         model = f"transip-{mode}" if mode != "transip" else "transip"
