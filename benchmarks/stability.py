@@ -49,12 +49,13 @@ def _bond_ratios(x: np.ndarray, pairs: np.ndarray, d0: np.ndarray) -> np.ndarray
 def screen(model: str, time_ps: float, seed: int = 1) -> Dict[str, Any]:
     """Minimise and run ``time_ps`` of 300 K MD with ``model``; return the row and its traces."""
     from transip_openmm import TransIPForce
-    from transip_openmm.simulations.analysis import count_new_bonds
+    from transip_openmm.simulations.analysis import new_bond_pairs
 
     pdb = app.PDBFile(str(STRUCTURE))
     pairs = np.array([[a.index, b.index] for a, b in pdb.topology.bonds()])
     numbers = [atom.element.atomic_number for atom in pdb.topology.atoms()]
     names = [f"{a.residue.name}:{a.name}-{b.name}" for a, b in pdb.topology.bonds()]
+    atom_names = [f"{a.residue.name}:{a.name}" for a in pdb.topology.atoms()]
     x0 = pdb.getPositions(asNumpy=True).value_in_unit(u.nanometer)
     d0 = np.linalg.norm(x0[pairs[:, 0]] - x0[pairs[:, 1]], axis=1)
     system = mm.System()
@@ -77,6 +78,7 @@ def screen(model: str, time_ps: float, seed: int = 1) -> Dict[str, Any]:
     trace: Dict[str, List[float]] = {"time_ps": [], "worst_bond_ratio": [], "temperature_K": [],
                                      "potential_kJ_per_mol": [], "max_force_kJ_per_mol_nm": []}
     broken_at = new_bond_at = None
+    new_bond = ""
     worst_ratio, worst_name = 0.0, ""
     for block in range(int(round(time_ps / BLOCK_PS))):
         integrator.step(steps)
@@ -93,9 +95,12 @@ def screen(model: str, time_ps: float, seed: int = 1) -> Dict[str, Any]:
         trace["max_force_kJ_per_mol_nm"].append(float(np.linalg.norm(forces, axis=1).max()))
         if r.max() > worst_ratio:
             worst_ratio, worst_name = float(r.max()), names[int(np.argmax(r))]
-        if new_bond_at is None and count_new_bonds(x, numbers, pairs)[0] > 0:
+        formed = new_bond_pairs(x, numbers, pairs) if new_bond_at is None else []
+        if len(formed):
             new_bond_at = (block + 1) * BLOCK_PS
-            logger.info("%s: a bond the topology does not have formed at %.1f ps", model, new_bond_at)
+            new_bond = ", ".join(f"{atom_names[i]}...{atom_names[j]}" for i, j in formed)
+            logger.info("%s: a bond the topology does not have formed at %.1f ps (%s)", model, new_bond_at,
+                        new_bond)
         if broken_at is None and r.max() > BROKEN_RATIO:
             broken_at = (block + 1) * BLOCK_PS
             logger.info("%s: bond %s broken at %.1f ps (ratio %.2f)", model, worst_name, broken_at, r.max())
@@ -111,6 +116,7 @@ def screen(model: str, time_ps: float, seed: int = 1) -> Dict[str, Any]:
         "worst_bond": worst_name,
         "broken_at_ps": broken_at,
         "new_bond_at_ps": new_bond_at,
+        "new_bond": new_bond,
         "T_mean_K": float(np.mean(trace["temperature_K"])) if trace["temperature_K"] else float("nan"),
         "max_force_kJ_per_mol_nm": max(trace["max_force_kJ_per_mol_nm"], default=float("nan")),
     }
@@ -164,7 +170,7 @@ def main(argv: List[str] | None = None) -> int:
             rows.append({**result["row"], "seed": seed})
             traces[f"{model} seed {seed}"] = result["trace"]
     print_table(rows, ["model", "seed", "minimise_dE_kJ_per_mol", "minimise_worst_bond_ratio", "md_time_ps",
-                       "worst_bond_ratio", "worst_bond", "broken_at_ps", "new_bond_at_ps", "T_mean_K",
+                       "worst_bond_ratio", "worst_bond", "broken_at_ps", "new_bond_at_ps", "new_bond", "T_mean_K",
                        "max_force_kJ_per_mol_nm"])
     write_json(args.json, rows, {**machine_info(), "time_ps": time_ps, "seeds": args.seeds})
     if args.json:

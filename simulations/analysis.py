@@ -62,30 +62,44 @@ def compute_bond_stretch(traj, reference, atom_indices: Sequence[int] | None = N
 NEW_BOND_FACTOR = 1.1
 
 
-def count_new_bonds(positions_nm: np.ndarray, numbers: Sequence[int], bonds: np.ndarray,
-                    factor: float = NEW_BOND_FACTOR) -> np.ndarray:
-    """Number of atom pairs per frame that are *not* bonded in the topology but closer than
-    ``factor`` × the sum of their covalent radii: bonds the topology does not have, i.e. the
-    chemistry changed (a collapsed ring, a transferred proton). positions_nm (F, N, 3) or
-    (N, 3) nm; numbers (N,) atomic numbers; bonds (B, 2) atom indices. Returns (F,) int."""
+def new_bond_pairs(positions_nm: np.ndarray, numbers: Sequence[int], bonds: np.ndarray,
+                   factor: float = NEW_BOND_FACTOR, box_nm: np.ndarray | None = None) -> np.ndarray:
+    """Atom pairs (K, 2), i < j, of one frame (N, 3) nm that are *not* bonded in the topology
+    but closer than ``factor`` × the sum of their covalent radii (Å → nm); bonds (B, 2);
+    box_nm (3, 3) rows = box vectors: distances by minimum image (periodic runs)."""
     from ase.data import covalent_radii
 
     x = np.asarray(positions_nm, dtype=np.float64)
-    if x.ndim == 2:
-        x = x[None]
-    n = x.shape[1]
+    n = x.shape[0]
     radii_nm = covalent_radii[np.asarray(numbers, dtype=int)] / 10.0
     threshold = factor * (radii_nm[:, None] + radii_nm[None, :])
     bonded = np.eye(n, dtype=bool)
     if len(bonds):
         b = np.asarray(bonds, dtype=int)
         bonded[b[:, 0], b[:, 1]] = bonded[b[:, 1], b[:, 0]] = True
-    candidate = np.triu(~bonded, k=1)
-    counts = np.zeros(x.shape[0], dtype=np.int64)
-    for f, frame in enumerate(x):  # one frame at a time: memory N², not F·N²
-        d = np.linalg.norm(frame[:, None, :] - frame[None, :, :], axis=-1)
-        counts[f] = int(((d < threshold) & candidate).sum())
-    return counts
+    diff = x[:, None, :] - x[None, :, :]
+    if box_nm is not None:
+        box = np.asarray(box_nm, dtype=np.float64)
+        frac = diff @ np.linalg.inv(box)
+        diff = (frac - np.round(frac)) @ box
+    d = np.linalg.norm(diff, axis=-1)
+    return np.argwhere(np.triu((d < threshold) & ~bonded, k=1))
+
+
+def count_new_bonds(positions_nm: np.ndarray, numbers: Sequence[int], bonds: np.ndarray,
+                    factor: float = NEW_BOND_FACTOR, boxes_nm: np.ndarray | None = None) -> np.ndarray:
+    """Number of atom pairs per frame that are *not* bonded in the topology but closer than
+    ``factor`` × the sum of their covalent radii: bonds the topology does not have, i.e. the
+    chemistry changed (a collapsed ring, a transferred proton). positions_nm (F, N, 3) or
+    (N, 3) nm; numbers (N,) atomic numbers; bonds (B, 2) atom indices; boxes_nm (F, 3, 3) or
+    None: periodic boxes of the frames (mdtraj's ``unitcell_vectors``). Returns (F,) int."""
+    x = np.asarray(positions_nm, dtype=np.float64)
+    if x.ndim == 2:
+        x = x[None]
+    boxes = [None] * len(x) if boxes_nm is None else np.asarray(boxes_nm).reshape(-1, 3, 3)
+    # one frame at a time: memory N², not F·N²
+    return np.array([len(new_bond_pairs(frame, numbers, bonds, factor, box)) for frame, box in zip(x, boxes)],
+                    dtype=np.int64)
 
 
 def compute_ramachandran(traj) -> tuple[np.ndarray, np.ndarray]:

@@ -119,7 +119,7 @@ def analyze_run(run_dir: Path, out: Path) -> dict[str, Any]:
             sub = traj.atom_slice(solute)
             sub_bonds = np.array([[a.index, b.index] for a, b in sub.topology.bonds], dtype=int)
             new_bonds = A.count_new_bonds(sub.xyz, [a.element.atomic_number for a in sub.topology.atoms],
-                                          sub_bonds)
+                                          sub_bonds, boxes_nm=sub.unitcell_vectors)
             formed = np.nonzero(new_bonds > 0)[0]
             summary["bonds"] = {
                 "max_length_ratio": float(worst.max()),

@@ -17,6 +17,14 @@ forces stay continuous when atoms cross the cutoff. The same function is evaluat
 densely (all pairs, padded batches, training) or, for large single structures, over a
 cell-list neighbour list so cost and memory grow linearly with the number of atoms.
 
+Relative positions (``position_encoding: relative``): tokens carry no coordinates; each
+attention pair (i, j) instead gets features of its displacement x_j - x_i (the radial basis
+and the vector itself, switched off at ``rbf_cutoff``) that set the attention logits and are
+added to the values (head h adds W_h Σ_j w_ij e_ij). No absolute frame is used, so with local
+attention a periodic ``cell`` can be given and the model sees the periodic images (minimum
+image within its cutoff): all-ML periodic boxes. The displacement vectors keep the model
+non-invariant under rotations, so the symmetry is still learned, as with absolute positions.
+
 Translation and permutation invariance are exact. Rotation invariance is not built
 in: it is learned (``symmetry: transip`` or ``augment`` in training), or imposed at
 inference by frame averaging (:mod:`transip_openmm.frames`).

@@ -89,3 +89,17 @@ def test_new_bonds_are_counted_only_between_unbonded_atoms_in_covalent_contact()
     counts = count_new_bonds(np.stack([start, collapsed, stretched]), numbers, bonds)
     np.testing.assert_array_equal(counts, [0, 1, 0])
     assert count_new_bonds(collapsed, numbers, np.zeros((0, 2), int)).tolist() == [3]
+
+
+def test_new_bonds_across_a_periodic_boundary_are_found_by_minimum_image():
+    """An O-H and a lone O, the two oxygens 0.1 nm apart through a face of a 1.0 nm box (0.9 nm
+    apart in the frame): a new bond only when the box is given; the pair is named."""
+    from transip_openmm.simulations.analysis import count_new_bonds, new_bond_pairs
+
+    numbers = [8, 1, 8]
+    bonds = np.array([[0, 1]])
+    frame = np.array([[0.05, 0.5, 0.5], [0.145, 0.5, 0.5], [0.95, 0.5, 0.5]])
+    box = np.eye(3) * 1.0
+    assert count_new_bonds(frame, numbers, bonds).tolist() == [0]
+    assert count_new_bonds(frame, numbers, bonds, boxes_nm=box[None]).tolist() == [1]
+    assert new_bond_pairs(frame, numbers, bonds, box_nm=box).tolist() == [[0, 2]]

@@ -1,4 +1,4 @@
-"""The shipped default model: present in the installation, loadable by name, sane physics."""
+"""The shipped models: present in the installation, loadable by name, sane physics on molecules."""
 
 from __future__ import annotations
 
@@ -10,15 +10,17 @@ import openmm.app as app
 import openmm.unit as unit
 import pytest
 
-from transip_openmm import TransIPForce, default_model_path
+from transip_openmm import SHIPPED_MODELS, TransIPForce, default_model_path, shipped_model_path
 from transip_openmm.artifacts import read_exported_metadata
 
 ALA = Path(__file__).resolve().parents[1] / "data" / "alanine_dipeptide.pdb"
 OMOL25_ELEMENTS = {1, 3, 5, 6, 7, 8, 9, 11, 12, 14, 15, 16, 17, 19, 20, 35, 53}
+SHIPPED = pytest.mark.parametrize("name", sorted(SHIPPED_MODELS))
 
 
-def test_default_model_is_shipped_small_and_described():
-    path = default_model_path()
+@SHIPPED
+def test_shipped_model_is_small_and_described(name):
+    path = shipped_model_path(name)
     assert path.stat().st_size < 5 * 2**20
     meta = read_exported_metadata(path)
     assert set(meta["elements"]) == OMOL25_ELEMENTS
@@ -31,20 +33,25 @@ def test_default_model_is_shipped_small_and_described():
         assert np.isfinite(meta["validation_metrics"][key])
 
 
-def _context(pdb: app.PDBFile) -> openmm.Context:
+def test_default_model_path_is_the_default_shipped_model():
+    assert default_model_path() == shipped_model_path("default")
+
+
+def _context(pdb: app.PDBFile, name: str) -> openmm.Context:
     system = openmm.System()
     for atom in pdb.topology.atoms():
         system.addParticle(atom.element.mass)
-    system.addForce(TransIPForce("default", pdb.topology))
+    system.addForce(TransIPForce(name, pdb.topology))
     integrator = openmm.VerletIntegrator(0.0005)
     context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference"))
     context.setPositions(pdb.positions)
     return context
 
 
-def test_default_model_energy_is_translation_invariant_and_forces_finite():
+@SHIPPED
+def test_shipped_model_energy_is_translation_invariant_and_forces_finite(name):
     pdb = app.PDBFile(str(ALA))
-    context = _context(pdb)
+    context = _context(pdb, name)
     state = context.getState(getEnergy=True, getForces=True)
     e0 = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
     forces = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
@@ -57,10 +64,11 @@ def test_default_model_energy_is_translation_invariant_and_forces_finite():
     assert e1 == pytest.approx(e0, abs=1e-2)
 
 
-def test_default_model_repels_atoms_pushed_together():
+@SHIPPED
+def test_shipped_model_repels_atoms_pushed_together(name):
     """Compressing a C-H bond to 0.5 Å must cost energy (ZBL prior + learned repulsion)."""
     pdb = app.PDBFile(str(ALA))
-    context = _context(pdb)
+    context = _context(pdb, name)
     positions = pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
     atoms = list(pdb.topology.atoms())
     c, h = next((b[0].index, b[1].index) for b in pdb.topology.bonds()
@@ -83,23 +91,25 @@ def _bond_ratios(pdb: app.PDBFile, positions: np.ndarray) -> np.ndarray:
     return np.linalg.norm(positions[pairs[:, 0]] - positions[pairs[:, 1]], axis=1) / d0
 
 
-def test_default_model_minimiser_keeps_every_bond():
+@SHIPPED
+def test_shipped_model_minimiser_keeps_every_bond(name):
     """Energy minimisation of alanine dipeptide must not break or badly stretch any bond
     (the failure of a model without bond stiffness: the minimiser pulls the molecule apart)."""
     pdb = app.PDBFile(str(ALA))
-    context = _context(pdb)
+    context = _context(pdb, name)
     openmm.LocalEnergyMinimizer.minimize(context, 10.0, 200)
     minimised = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
     ratios = _bond_ratios(pdb, minimised)
     assert ratios.max() < 1.15 and ratios.min() > 0.85
 
 
+@SHIPPED
 @pytest.mark.parametrize("shift_nm", [-0.02, 0.02])
-def test_default_model_backbone_bond_sits_in_a_well(shift_nm):
+def test_shipped_model_backbone_bond_sits_in_a_well(name, shift_nm):
     """Rigidly moving the C-terminal half along CA->C (stretching or compressing the C-C bond
     by 0.2 Å) raises the energy."""
     pdb = app.PDBFile(str(ALA))
-    context = _context(pdb)
+    context = _context(pdb, name)
     atoms = list(pdb.topology.atoms())
     ca = next(a.index for a in atoms if a.name == "CA")
     c = next(a.index for a in atoms if a.name == "C" and a.residue.name == "ALA")
