@@ -1,25 +1,10 @@
-"""Local attention: neighbour list correctness, dense = neighbour-list path, continuity."""
+"""Local attention: dense = neighbour-list path, locality, continuity (neighbour lists: test_neighbors)."""
 
 from __future__ import annotations
 
 import torch
 
-from transip_openmm.neighbors import neighbor_list
-
 from model_helpers import energy_forces, inputs, make_model, random_molecule
-
-
-def test_neighbor_list_matches_brute_force():
-    g = torch.Generator().manual_seed(0)
-    pos = torch.rand(200, 3, generator=g, dtype=torch.float64) * 14.0
-    pos[::7] += 60.0  # a second, distant cluster: sparse cell grid
-    cutoff = 3.5
-    neighbors, valid = neighbor_list(pos, cutoff)
-    dist = torch.cdist(pos, pos)
-    for i in range(pos.shape[0]):
-        expected = set(torch.nonzero(dist[i] < cutoff).squeeze(1).tolist())
-        assert set(neighbors[i][valid[i]].tolist()) == expected
-    assert neighbors.shape[1] == int((dist < cutoff).sum(1).max())
 
 
 def test_neighbor_path_equals_dense_path_with_cutoff():
