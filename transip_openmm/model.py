@@ -226,15 +226,17 @@ class TransformerBlock(nn.Module):
         x: (N, d); neighbors: (N, M) int64 indices into x; attn_bias: (N, M, H) additive
         logits including ``log φ`` (``-inf`` on padding slots); edge: pair features
         (N, M, F) for relative positions, or None. Returns (N, d).
-        Keys and values are gathered once per layer (``index_select``, whose backward is a
-        fast ``index_add``); the per-pair products are elementwise, not N·H tiny matmuls.
+        Keys and values are gathered separately (``index_select``, whose backward is a fast
+        ``index_add`` into (N, d); gathering them as one tensor made the backward stack two
+        (N, M, d) gradients); the per-pair products are elementwise, not N·H tiny matmuls.
         """
         n, d = x.shape
         m = neighbors.shape[1]
-        qkv = self.qkv(self.norm_attn(x)).view(n, 3, self.n_heads, self.d_head)
-        q, kv = qkv.split([1, 2], dim=1)  # (N, 1, H, dh), (N, 2, H, dh)
-        kv = kv.index_select(0, neighbors.reshape(-1)).view(n, m, 2, self.n_heads, self.d_head)
-        k, v = kv.unbind(2)  # (N, M, H, dh)
+        q, k, v = self.qkv(self.norm_attn(x)).split(d, dim=1)  # (N, d) each
+        index = neighbors.reshape(-1)
+        k = k.index_select(0, index).view(n, m, self.n_heads, self.d_head)  # (N, M, H, dh)
+        v = v.index_select(0, index).view(n, m, self.n_heads, self.d_head)
+        q = q.reshape(n, 1, self.n_heads, self.d_head)
         scores = (q * k).sum(-1) * self.scale + attn_bias  # (N, M, H)
         weights = torch.softmax(scores, dim=1)
         attn = (weights.unsqueeze(-1) * v).sum(1).reshape(n, d)  # (N, H, dh) -> (N, d)
