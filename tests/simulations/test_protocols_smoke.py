@@ -15,8 +15,16 @@ PROTOCOLS = REPO / "simulations" / "protocols"
 SOLVATED = {"alanine-dipeptide-water", "serine-dipeptide-spice-water", "nacl-water"}
 
 
-def _with_model(src: Path, model: Path, dest: Path) -> Path:
-    text = re.sub(r"path: (default|local)\b", f"path: {model}", src.read_text())
+#: Run with the model they name (shipped) instead of a random one: in ML/MM water a random
+#: model does not hold its waters together, and an ML hydrogen (TIP3P: charge, no
+#: Lennard-Jones) then falls onto an MM oxygen (NaN in some runs, depending on thread timing).
+SHIPPED_MODEL_RUNS = {"nacl-water"}
+
+
+def _with_model(src: Path, model: Path | None, dest: Path) -> Path:
+    text = src.read_text()
+    if model is not None:
+        text = re.sub(r"path: (default|local)\b", f"path: {model}", text)
     text = text.replace("../inputs/", f"{src.parent.parent / 'inputs'}/")
     text = re.sub(r"platform: auto", "platform: CPU", text)
     dest.write_text(text)
@@ -32,7 +40,7 @@ def _with_model(src: Path, model: Path, dest: Path) -> Path:
     pytest.param("nacl-water-periodic-ml", marks=pytest.mark.slow),
 ])
 def test_protocol_runs_and_analyses(name: str, tmp_path: Path, tiny_model: Path, tiny_local_model: Path) -> None:
-    model = tiny_local_model if "periodic" in name else tiny_model
+    model = None if name in SHIPPED_MODEL_RUNS else tiny_local_model if "periodic" in name else tiny_model
     protocol = _with_model(PROTOCOLS / f"{name}.yaml", model, tmp_path / f"{name}.yaml")
     run = tmp_path / "run"
     assert main(["simulate", str(protocol), "--output", str(run), "--max-steps", "100", "--no-progress"]) == 0
