@@ -63,6 +63,9 @@ def build_wrapper(model: TransIPModel, spec: Optional[SystemSpec], dtype: str = 
 def build_metadata(checkpoint: Dict[str, Any], spec: Optional[SystemSpec], dtype: str,
                    source: str = "", frame_average: bool = False) -> Dict[str, Any]:
     """Metadata dict stored in the exported file (JSON-serialisable)."""
+    config = checkpoint["model_config"]
+    periodic_images = (config.get("position_encoding") == "relative" and bool(config.get("attention_cutoff"))
+                       and not frame_average)
     return {
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_FORMAT_VERSION,
@@ -78,7 +81,9 @@ def build_metadata(checkpoint: Dict[str, Any], spec: Optional[SystemSpec], dtype
         "interface": {
             "forward": "forward(positions (n_particles, 3) nm[, box (3, 3) nm]) -> (energy kJ/mol, forces kJ/mol/nm)",
             "outputs_forces": True,
-            "periodic": "optional box; ML region made whole by minimum image relative to its first atom",
+            "periodic": ("optional box; the model sees the periodic images (minimum image within its cutoff; "
+                         "the box must be at least twice the cutoff wide)" if periodic_images else
+                         "optional box; ML region made whole by minimum image relative to its first atom"),
         },
         "units": {
             "training": {"energy": "eV", "length": "angstrom", "forces": "eV/angstrom"},

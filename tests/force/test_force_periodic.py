@@ -106,3 +106,10 @@ def test_supercell_energy_is_twice_the_cell(water_box, relative64):
     system.addForce(TransIPForce(relative64, topology, periodic=False))
     e_open, _ = energy_forces(system, pos)
     assert abs(e_open - e1) > 1.0  # kJ/mol
+
+
+def test_exported_metadata_says_the_model_sees_periodic_images(relative64, generic64):
+    from transip_openmm.artifacts import read_exported_metadata
+
+    assert "sees the periodic images" in read_exported_metadata(relative64)["interface"]["periodic"]
+    assert "made whole" in read_exported_metadata(generic64)["interface"]["periodic"]
