@@ -17,11 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=2000,
                         help="MD steps per stage (0.5 fs each; default 2000 = 1 ps)")
     parser.add_argument("--model", default="default",
-                        help="exported model file (default: the model shipped with the package)")
+                        help="a shipped model's name (default, local) or an exported model file")
     parser.add_argument("--platform", default=None, help="OpenMM platform (default: fastest available)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from transip_openmm import SHIPPED_MODELS, shipped_model_path
     from transip_openmm.simulations.analyze_cli import analyze_run
     from transip_openmm.simulations.protocol import (
         ProtocolError,
@@ -32,18 +33,17 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         protocol = load_protocol(bundled_protocols_dir() / DEMO_PROTOCOL).capped(args.steps)
-        if args.model != "default":
+        if args.model in SHIPPED_MODELS:
+            try:
+                shipped_model_path(args.model)
+            except FileNotFoundError as exc:
+                raise ProtocolError(f"{exc}; pass --model FILE (an exported model)") from exc
+            protocol.model.path = args.model
+        else:
             model_path = Path(args.model).resolve()
             if not model_path.is_file():
                 raise ProtocolError(f"--model: {model_path} does not exist")
             protocol.model.path = str(model_path)
-        else:
-            from transip_openmm import default_model_path
-
-            try:
-                default_model_path()
-            except FileNotFoundError as exc:
-                raise ProtocolError(f"{exc}; pass --model FILE (an exported model)") from exc
         info = run_protocol(protocol, args.output, platform=args.platform)
     except (ProtocolError, SimulationError) as exc:
         logger.error("%s", exc)
