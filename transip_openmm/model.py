@@ -543,7 +543,7 @@ class TransIPModel(nn.Module):
         pos = positions[0]
         n = pos.shape[0]
         h = self._tokens(atomic_numbers, positions - positions.mean(dim=1, keepdim=True), charge, multiplicity)[0]
-        neighbors, valid = neighbor_list(pos, self.neighbor_cutoff, cell)
+        neighbors, valid = neighbor_list(pos, self.neighbor_cutoff, cell, check=False)  # forward checked it
         m = neighbors.shape[1]
         diff = pos[neighbors] - pos.unsqueeze(1)  # (N, M, 3): x_j - x_i
         if cell is not None:

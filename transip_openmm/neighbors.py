@@ -182,7 +182,9 @@ def _periodic_neighbor_list(pos: Tensor, cutoff: float, box: Tensor) -> Tuple[Te
     return _select(candidates, close)
 
 
-def neighbor_list(positions: Tensor, cutoff: float, cell: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+def neighbor_list(
+    positions: Tensor, cutoff: float, cell: Optional[Tensor] = None, check: bool = True
+) -> Tuple[Tensor, Tensor]:
     """Pairs closer than ``cutoff`` (self included) by a cell list, in O(N) time and memory.
 
     positions: (N, 3) Å (not differentiated); cutoff: Å; cell: None (open boundaries) or
@@ -192,6 +194,8 @@ def neighbor_list(positions: Tensor, cutoff: float, cell: Optional[Tensor] = Non
     (plain ``|x_j - x_i|`` without a cell), padded (``valid`` False) with index i up to M,
     the largest neighbour count. The order within a row is unspecified.
 
+    ``check=False`` skips :func:`check_cell` for a cell the caller has validated already.
+
     Periodic: the box is divided into ``floor(width_k / cutoff)`` cells along each fractional
     axis, so all neighbours lie in the 27 adjacent cells (wrapped); a box less than three
     cutoffs wide along some axis falls back to all N² pairs.
@@ -199,6 +203,7 @@ def neighbor_list(positions: Tensor, cutoff: float, cell: Optional[Tensor] = Non
     pos = positions.detach()
     if cell is None:
         return _open_neighbor_list(pos, cutoff)
-    check_cell(cell, cutoff)
+    if check:  # callers that validated the cell already (once per evaluation) pass False
+        check_cell(cell, cutoff)
     box = cell.detach().to(dtype=pos.dtype, device=pos.device)
     return _periodic_neighbor_list(pos, cutoff, box)
