@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from transip_openmm.model import TransIPModel
+from transip_openmm.neighbors import minimum_image
 from transip_openmm.units import EV_TO_KJ_PER_MOL, NM_TO_ANGSTROM
 
 
@@ -133,8 +134,4 @@ class OpenMMTransIP(nn.Module):
 
         x: (n, 3) nm; box: (3, 3) nm with rows a, b, c (a along x, b in the xy plane).
         """
-        d = x - x[0:1]
-        d = d - box[2].unsqueeze(0) * torch.round(d[:, 2:3] / box[2, 2])
-        d = d - box[1].unsqueeze(0) * torch.round(d[:, 1:2] / box[1, 1])
-        d = d - box[0].unsqueeze(0) * torch.round(d[:, 0:1] / box[0, 0])
-        return x[0:1] + d
+        return x[0:1] + minimum_image(x - x[0:1], box)

@@ -119,6 +119,11 @@ class ModelConfig:
         return asdict(self)
 
 
+def cosine_switch(r: Tensor, cutoff: float) -> Tensor:
+    """``(cos(π r / cutoff) + 1) / 2`` for ``r < cutoff``, 0 beyond; r any shape, Å."""
+    return 0.5 * (torch.cos(math.pi * torch.clamp(r / cutoff, max=1.0)) + 1.0)
+
+
 class RadialBasis(nn.Module):
     """Gaussian radial basis on [0, cutoff] Å, smoothly switched off at the cutoff.
 
@@ -133,7 +138,7 @@ class RadialBasis(nn.Module):
 
     def forward(self, r: Tensor) -> Tensor:
         x = (r.unsqueeze(-1) - self.centers) / self.width
-        envelope = 0.5 * (torch.cos(math.pi * torch.clamp(r / self.cutoff, max=1.0)) + 1.0)
+        envelope = cosine_switch(r, self.cutoff)
         # exp(-40) ~ 4e-18: the clamp changes nothing measurable but keeps exp off its
         # (about 10x slower) underflow path and keeps denormal numbers (10-100x slower
         # arithmetic on x86) out of the products of the forward and backward passes.
@@ -425,21 +430,18 @@ class TransIPModel(nn.Module):
             tokens = tokens + coord_embedding(centred / self.coord_scale)
         return tokens
 
-    def _pair_features(self, diff: Tensor, r: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
-        """diff (..., 3) Å = x_j - x_i and r (...) Å -> (input of the attention-bias projection
-        (..., F), pair features for the attention values (..., F) or None).
+    def _pair_features(self, diff: Tensor, r: Tensor) -> Tensor:
+        """diff (..., 3) Å = x_j - x_i and r (...) Å -> pair features (..., F): the input of the
+        attention-bias projection and, with relative positions, of the attention values.
 
-        Absolute encoding: the radial basis (F = n_rbf), no value features. Relative: the
-        radial basis and the displacement vector / rbf_cutoff, switched off smoothly at
-        rbf_cutoff (F = n_rbf + 3), for both.
+        Absolute encoding: the radial basis (F = n_rbf). Relative: the radial basis and the
+        displacement vector / rbf_cutoff, switched off smoothly at rbf_cutoff (F = n_rbf + 3).
         """
         rbf = self.rbf(r)
         if not self.relative:
-            return rbf, None
+            return rbf
         cutoff = self.rbf.cutoff
-        switch = 0.5 * (torch.cos(math.pi * torch.clamp(r / cutoff, max=1.0)) + 1.0)
-        edge = torch.cat([rbf, diff * (switch / cutoff).unsqueeze(-1)], dim=-1)
-        return edge, edge
+        return torch.cat([rbf, diff * (cosine_switch(r, cutoff) / cutoff).unsqueeze(-1)], dim=-1)
 
     def _check_cell(self, cell: Optional[Tensor]) -> None:
         """Periodic cells need relative positions and local attention; cutoff <= half the box."""
@@ -482,8 +484,9 @@ class TransIPModel(nn.Module):
         bias_all: Optional[Tensor] = None  # (L, B, H, N, N)
         edge: Optional[Tensor] = None  # (B, N, N, F)
         if self.use_distance_bias:
-            bias_input, edge = self._pair_features(diff, r)
-            bias_all = self.bias_projection(bias_input).view(b, n, n, self.n_layers, self.n_heads)
+            features = self._pair_features(diff, r)
+            edge = features if self.relative else None
+            bias_all = self.bias_projection(features).view(b, n, n, self.n_layers, self.n_heads)
             bias_all = bias_all.permute(3, 0, 4, 1, 2)
         extra: Optional[Tensor] = None  # (B, 1, N, N) or (B, 1, 1, N), same for every layer
         if self.use_attention_cutoff:
@@ -552,8 +555,9 @@ class TransIPModel(nn.Module):
         extra = log_cosine_envelope(r, self.attention_cutoff, valid).unsqueeze(-1)  # (N, M, 1)
         edge: Optional[Tensor] = None
         if self.use_distance_bias:
-            bias_input, edge = self._pair_features(diff, r)
-            bias = self.bias_projection(bias_input).view(n, m, self.n_layers, self.n_heads)
+            features = self._pair_features(diff, r)
+            edge = features if self.relative else None
+            bias = self.bias_projection(features).view(n, m, self.n_layers, self.n_heads)
             bias_all = (bias + extra.unsqueeze(-1)).permute(2, 0, 1, 3)  # (L, N, M, H)
         else:
             bias_all = extra.unsqueeze(0).expand(self.n_layers, n, m, self.n_heads)
