@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from transip_openmm import SHIPPED_MODELS
+from transip_openmm.errors import TransIPError
 
 #: Structure file suffixes read with openmm.app (biomolecules) and with ASE (small molecules).
 OPENMM_STRUCTURE_SUFFIXES = (".pdb", ".cif", ".pdbx")
@@ -51,7 +52,7 @@ NEGATIVE_IONS = ("Cl-", "F-", "Br-", "I-")
 NONBONDED_METHODS = ("auto", "NoCutoff", "CutoffNonPeriodic", "CutoffPeriodic", "PME")
 
 
-class ProtocolError(ValueError):
+class ProtocolError(TransIPError, ValueError):
     """A protocol is invalid; the message names the key and what is expected."""
 
 

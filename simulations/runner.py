@@ -38,6 +38,7 @@ import yaml
 from openmm import app, unit
 from transip_openmm.simulations.protocol import IntegratorSpec, Protocol, StageSpec
 from transip_openmm.simulations.systems import BuiltSystem, build_system
+from transip_openmm.errors import TransIPError
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ CSV_COLUMNS = [
 PROGRESS_FILE = "progress.json"
 
 
-class SimulationError(RuntimeError):
+class SimulationError(TransIPError, RuntimeError):
     """The simulation blew up (NaN or exploding forces) or cannot continue."""
 
 

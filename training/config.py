@@ -17,11 +17,12 @@ import yaml
 from transip_openmm.training.objectives import SYMMETRY_MODES
 
 from transip_openmm.model import ModelConfig
+from transip_openmm.errors import TransIPError
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(TransIPError, ValueError):
     """The training configuration is invalid."""
 
 

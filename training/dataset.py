@@ -15,9 +15,10 @@ from typing import Iterable, List, Optional, Sequence
 import numpy as np
 
 from transip_openmm.model import MAX_ABS_CHARGE, MAX_ATOMIC_NUMBER, MAX_MULTIPLICITY
+from transip_openmm.errors import TransIPError
 
 
-class DataError(ValueError):
+class DataError(TransIPError, ValueError):
     """A record of a data file is unusable (the message names the file and the record)."""
 
 

@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 
 from transip_openmm.model import ModelConfig, TransIPModel
+from transip_openmm.errors import TransIPError
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ METADATA_ENTRY = "transip_metadata.json"
 PathLike = Union[str, Path]
 
 
-class ArtifactError(ValueError):
+class ArtifactError(TransIPError, ValueError):
     """A checkpoint or exported model is missing, corrupt, or of the wrong kind/version."""
 
 

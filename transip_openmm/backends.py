@@ -22,13 +22,14 @@ from typing import Any, Optional, Sequence, Tuple
 import numpy as np
 import openmm
 import torch
+from transip_openmm.errors import TransIPError
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "python")
 
 
-class BackendError(RuntimeError):
+class BackendError(TransIPError, RuntimeError):
     """The requested backend cannot run here."""
 
 

@@ -17,11 +17,12 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 
 from transip_openmm.model import MAX_ABS_CHARGE, MAX_MULTIPLICITY
+from transip_openmm.errors import TransIPError
 
 AtomSelection = Union[None, str, Sequence[int]]
 
 
-class SystemSpecError(ValueError):
+class SystemSpecError(TransIPError, ValueError):
     """The system (topology, atom selection, charge, multiplicity) does not fit the model."""
 
 
