@@ -180,8 +180,8 @@ def select_ml_atoms(topology: app.Topology, positions: np.ndarray, selection: st
 def remove_ml_interactions(system: openmm.System, ml_atoms: Sequence[int]) -> None:
     """Mechanical embedding: drop every MM interaction acting only between ML atoms.
 
-    Bonded terms with all atoms in the ML region get zero force constants (CMAP terms are
-    rebuilt without them); nonbonded ML-ML pairs become zero exceptions (NonbondedForce,
+    Bonded terms with all atoms in the ML region get zero force constants (CMAP terms an
+    all-zero map); every force is changed in place, so the force order is kept; nonbonded ML-ML pairs become zero exceptions (NonbondedForce,
     which also removes their reciprocal-space part under PME) or exclusions
     (CustomNonbondedForce); constraints between ML atoms are removed. ML-MM interactions
     are kept. Raises for a force type it does not know how to split.
@@ -191,8 +191,7 @@ def remove_ml_interactions(system: openmm.System, ml_atoms: Sequence[int]) -> No
     def inside(*atoms: int) -> bool:
         return all(a in ml for a in atoms)
 
-    for index in range(system.getNumForces()):
-        force = system.getForce(index)
+    for force in system.getForces():  # every force is changed in place: the order stays
         if isinstance(force, openmm.HarmonicBondForce):
             for k in range(force.getNumBonds()):
                 i, j, r0, _ = force.getBondParameters(k)
@@ -214,7 +213,7 @@ def remove_ml_interactions(system: openmm.System, ml_atoms: Sequence[int]) -> No
                 if inside(i, j, m, n):
                     force.setTorsionParameters(k, i, j, m, n, 0, 0, 0, 0, 0, 0)
         elif isinstance(force, openmm.CMAPTorsionForce):
-            _rebuild_cmap(system, index, force, ml)
+            _zero_cmap_terms(force, ml)
         elif isinstance(force, openmm.NonbondedForce):
             for i, j in combinations(sorted(ml), 2):
                 force.addException(i, j, 0.0, 1.0, 0.0, True)
@@ -234,17 +233,19 @@ def remove_ml_interactions(system: openmm.System, ml_atoms: Sequence[int]) -> No
             system.removeConstraint(k)
 
 
-def _rebuild_cmap(system: openmm.System, index: int, force: openmm.CMAPTorsionForce, ml: set) -> None:
-    new = openmm.CMAPTorsionForce()
-    for m in range(force.getNumMaps()):
-        new.addMap(*force.getMapParameters(m))
-    for k in range(force.getNumTorsions()):
-        params = force.getTorsionParameters(k)
-        if not all(a in ml for a in params[1:]):
-            new.addTorsion(*params)
-    new.setForceGroup(force.getForceGroup())
-    system.removeForce(index)
-    system.addForce(new)
+def _zero_cmap_terms(force: openmm.CMAPTorsionForce, ml: set) -> None:
+    """Point every CMAP term with all eight atoms in ``ml`` at an added all-zero map.
+
+    In place, so the System's force order and indices do not change (removing and re-adding
+    the force while iterating over the forces would skip the force after it).
+    """
+    inside = [k for k in range(force.getNumTorsions())
+              if all(a in ml for a in force.getTorsionParameters(k)[1:])]
+    if not inside:
+        return
+    zero_map = force.addMap(2, [0.0] * 4)
+    for k in inside:
+        force.setTorsionParameters(k, zero_map, *force.getTorsionParameters(k)[1:])
 
 
 def create_ml_force(model: ModelSpec, topology: app.Topology, atoms: list[int] | None,

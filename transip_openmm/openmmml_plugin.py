@@ -34,6 +34,12 @@ class TransIPPotentialImpl(MLPotentialImpl):
         self.name = name
         self.modelPath = modelPath
 
+    def getMLLongRange(self) -> bool:
+        """TransIP's interactions are local (no Ewald/PME term in the model): openmm-ml's
+        mechanical embedding of a periodic system then treats the ML atoms' interactions with
+        the periodic images of the ML region with the MM charges, and needs no ``mlLongRange``."""
+        return False
+
     def addForces(
         self,
         topology: openmm.app.Topology,

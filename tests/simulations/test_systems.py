@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -145,3 +146,79 @@ def test_charge_and_multiplicity_are_checked(tmp_path: Path, tiny_model: Path) -
     for k in range(built.system.getNumConstraints()):
         i, j, _ = built.system.getConstraintParameters(k)
         assert not (i in ml and j in ml)
+
+
+# --------------------------------------------------------------------------- against openmm-ml
+def _move_force_to_end(system: openmm.System, kind: type) -> None:
+    index = next(i for i, f in enumerate(system.getForces()) if isinstance(f, kind))
+    force = copy.deepcopy(system.getForce(index))
+    system.removeForce(index)
+    system.addForce(force)
+
+
+def _serine_mm_system(forcefield: list[str], order: str, periodic: bool):
+    top, pos = load_structure(INPUTS / "serine-dipeptide-water.pdb")
+    method = app.NoCutoff
+    if periodic:
+        top.setPeriodicBoxVectors(np.diag(np.ptp(pos, axis=0) + 1.2) * unit.nanometer)
+        method = app.PME
+    system = app.ForceField(*forcefield).createSystem(
+        top, nonbondedMethod=method, nonbondedCutoff=0.8 * unit.nanometer, constraints=None, rigidWater=False,
+        removeCMMotion=order != "no-cm-remover")
+    if order == "nonbonded-last":
+        _move_force_to_end(system, openmm.NonbondedForce)
+    return top, pos, system
+
+
+def _energy_forces_groups(system: openmm.System, positions, groups) -> tuple:
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(positions)
+    state = context.getState(getEnergy=True, getForces=True, groups=groups)
+    return (state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole),
+            state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
+
+
+@pytest.mark.parametrize("forcefield, order, periodic", [
+    (["amber14-all.xml", "amber14/tip3p.xml"], "as created", False),
+    (["amber14-all.xml", "amber14/tip3p.xml"], "as created", True),
+    (["amber19-all.xml", "amber19/tip3p.xml"], "as created", False),    # ... CMAP, CMMotionRemover, angles
+    (["amber19-all.xml", "amber19/tip3p.xml"], "no-cm-remover", False),  # HarmonicAngleForce right after CMAP
+    (["amber19-all.xml", "amber19/tip3p.xml"], "nonbonded-last", False),  # NonbondedForce after CMAP
+    (["amber19-all.xml", "amber19/tip3p.xml"], "nonbonded-last", True),
+])
+def test_mechanical_embedding_equals_openmmml(forcefield, order, periodic, tiny_model: Path) -> None:
+    """Our ML/MM system equals openmm-ml's ``createMixedSystem`` (mechanical embedding) with
+    the same ML force, for amber14 and amber19 (CMAP) in several force orders.
+
+    The ML region (serine dipeptide, a whole molecule) cuts no bond, so openmm-ml adds no link
+    atoms and the two must agree term by term. Periodic: PME with ``mlLongRange=False``, which
+    our openmm-ml plugin reports itself (TransIP's interactions are local). MM in float64 on
+    the Reference platform: agreement to ~1e-9 of the MM energy's scale; the ML force is the
+    same computation in both (compared separately, force group 1).
+    """
+    from openmmml import MLPotential
+
+    from transip_openmm.force import TransIPForce
+
+    top, pos, mm = _serine_mm_system(forcefield, order, periodic)
+    ml = select_ml_atoms(top, pos, "resname ACE SER NME")
+    cmap = [f for f in mm.getForces() if isinstance(f, openmm.CMAPTorsionForce)]
+    assert bool(cmap) == ("amber19" in forcefield[0])
+    mixed = MLPotential("transip", modelPath=str(tiny_model)).createMixedSystem(top, mm, ml, forceGroup=1)
+    ours = copy.deepcopy(mm)
+    remove_ml_interactions(ours, ml)
+    assert [type(f).__name__ for f in ours.getForces()] == [type(f).__name__ for f in mm.getForces()]
+    force = TransIPForce(str(tiny_model), top, atoms=ml)
+    force.setForceGroup(1)
+    ours.addForce(force)
+    e_mm_full, f_mm_full = _energy_forces_groups(mm, pos, {0})
+    e_ours, f_ours = _energy_forces_groups(ours, pos, {0})
+    e_ref, f_ref = _energy_forces_groups(mixed, pos, {0})
+    assert np.abs(f_mm_full - f_ours).max() > 100.0  # the ML region's own MM terms are really gone
+    scale = abs(e_mm_full) + 1.0
+    assert e_ours == pytest.approx(e_ref, abs=1e-9 * scale)
+    np.testing.assert_allclose(f_ours, f_ref, atol=1e-9 * np.abs(f_mm_full).max())
+    e_ml_ours, f_ml_ours = _energy_forces_groups(ours, pos, {1})
+    e_ml_ref, f_ml_ref = _energy_forces_groups(mixed, pos, {1})
+    assert e_ml_ours == e_ml_ref
+    np.testing.assert_array_equal(f_ml_ours, f_ml_ref)
