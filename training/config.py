@@ -9,6 +9,8 @@ paths read like ``../shared/data/...`` from the repository and work from any CWD
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Type, TypeVar, Union
@@ -30,8 +32,12 @@ class ConfigError(TransIPError, ValueError):
 class DataConfig:
     """Data files and batching.
 
-    ``train``: files to train on. ``val``: validation files; if empty, a family-disjoint
-    split of ``train`` with ``val_fraction``. ``max_train`` / ``max_val``: optional caps
+    ``train``: files to train on. ``val``: validation files (they pick the best checkpoint);
+    if empty, a split of ``train`` with ``val_fraction``. ``test``: files for reported
+    metrics only (the trainer never reads them); if empty and ``test_fraction`` > 0, a test
+    part is held out of ``train`` (never trained on, never used for selection; see
+    ``splits.held_out_test``). ``split``: ``family`` (by molecule, ``splits.molecule_key``) or
+    ``block`` (contiguous blocks of one trajectory). ``max_train`` / ``max_val``: optional caps
     (first structures after the split, for quick runs). ``elements``: atomic numbers the
     model supports (default: those in the training data). ``force_only``: extra training
     files at *other* levels of theory: their forces train the model, their energies are
@@ -43,7 +49,10 @@ class DataConfig:
     val: List[str] = field(default_factory=list)
     force_only: List[str] = field(default_factory=list)
     root: str = "."
+    test: List[str] = field(default_factory=list)
     val_fraction: float = 0.1
+    test_fraction: float = 0.0
+    split: str = "family"
     split_seed: int = 0
     max_atoms_per_batch: int = 512
     max_train: Optional[int] = None
@@ -145,6 +154,10 @@ class TrainConfig:
             raise ConfigError(f"objective.symmetry must be one of {SYMMETRY_MODES}, got {self.objective.symmetry!r}")
         if not self.data.train:
             raise ConfigError("data.train lists no files")
+        if self.data.split not in ("family", "block"):
+            raise ConfigError(f"data.split must be 'family' or 'block', got {self.data.split!r}")
+        if not 0.0 <= self.data.test_fraction < 1.0 or not 0.0 <= self.data.val_fraction < 1.0:
+            raise ConfigError("data.val_fraction and data.test_fraction must be in [0, 1)")
         if self.optim.max_steps < 1:
             raise ConfigError("optim.max_steps must be ≥ 1")
         es = self.objective.energy_scale
@@ -166,12 +179,61 @@ def _build(cls: Type[T], data: Any, where: str) -> T:
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), list(known), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        name = f"{where}.{key}" if where else str(key)
+        raise ConfigError(f"unknown config key {name!r}: {hint}allowed here: {', '.join(sorted(known))}")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
         sub = _SECTIONS.get((cls, name))
-        kwargs[name] = _build(sub, value, f"{where}.{name}" if where else name) if sub else value
+        key = f"{where}.{name}" if where else name
+        if sub:
+            kwargs[name] = _build(sub, value, key)
+        else:
+            _check_type(value, hints[name], key)
+            kwargs[name] = value
     return cls(**kwargs)
+
+
+def _check_type(value: Any, annotation: Any, key: str) -> None:
+    """Raise :class:`ConfigError` if ``value`` does not fit the field's type annotation."""
+    if not _fits(value, annotation):
+        raise ConfigError(f"config key {key!r} must be {_describe(annotation)}, got {value!r}")
+
+
+def _describe(annotation: Any) -> str:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+    if annotation in names:
+        return names[annotation]
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Union:
+        return " or ".join(_describe(a) for a in args)
+    if origin is list:
+        return f"a list of ({_describe(args[0])})"
+    return "a mapping" if origin is dict else str(annotation)
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any:
+        return True
+    if origin is Union:
+        return any(_fits(value, a) for a in args)
+    if origin is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, annotation)
 
 
 _SECTIONS = {
@@ -196,9 +258,19 @@ def load_config(path: Union[str, Path]) -> TrainConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    return config_from_dict(data, path.parent)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        detail = " ".join(str(exc).split())
+        raise ConfigError(f"config file {path} is not valid YAML ({detail})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections (data, model, ...), "
+                          f"not a {type(data).__name__}")
+    try:
+        return config_from_dict(data, path.parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
 
 
 def save_config(cfg: TrainConfig, path: Union[str, Path]) -> None:

@@ -32,7 +32,7 @@ from transip_openmm.training.evaluate import ModelPredictor, evaluate
 from transip_openmm.training.objectives import TrainingModule, random_rotations
 from transip_openmm.training.readers import read_datasets
 from transip_openmm.training.references import fit_references, force_rms
-from transip_openmm.training.splits import family_split
+from transip_openmm.training.splits import config_parts
 
 from transip_openmm.artifacts import load_checkpoint, save_checkpoint
 from transip_openmm.model import TransIPModel, count_parameters
@@ -62,14 +62,7 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
     elements = cfg.data.elements
     train_files = [cfg.resolve(p) for p in cfg.data.train]
     full = read_datasets(train_files, elements)
-    if cfg.data.val:
-        train = full
-        val = read_datasets([cfg.resolve(p) for p in cfg.data.val], elements)
-    else:
-        tr_idx, va_idx = family_split(full, cfg.data.val_fraction, cfg.data.split_seed)
-        train, val = full.subset(tr_idx), full.subset(va_idx)
-        logger.info("family split: %d train / %d validation structures (%d / %d families)",
-                    len(train), len(val), len(set(train.families)), len(set(val.families)))
+    train, val, _ = config_parts(cfg, full)  # a held-out test part is never seen here
     if cfg.data.max_train is not None:
         train = train.subset(range(min(cfg.data.max_train, len(train))))
     if cfg.data.max_val is not None:
@@ -145,13 +138,13 @@ class Trainer:
             torch.set_num_threads(int(cfg.run.threads))
         self.rank, self.world = init_distributed(cfg.run.device)
         self.is_main = self.rank == 0
-        if self.is_main:
-            self.output.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
 
         self.data = prepare_data(cfg)
+        if self.is_main:  # only once the data are read and valid: a bad input leaves no folder
+            self.output.mkdir(parents=True, exist_ok=True)
         refs, sigma, self.energy_norm = fit_references(self.data.train.with_energies())
         self.refs = torch.from_numpy(refs)
         self.force_rms = force_rms(self.data.train)
