@@ -112,7 +112,10 @@ class IntegratorSpec:
 
 @dataclass
 class StageSpec:
-    """One stage: ``minimize`` (iterations) or an MD stage (steps; NPT pressure in bar)."""
+    """One stage: ``minimize`` (iterations) or an MD stage (steps; NPT pressure in bar).
+
+    After parsing, ``time_ps`` of an MD stage is always ``steps`` × the time step, whichever
+    of the two the YAML gave (and after ``--max-steps``)."""
 
     type: str
     name: str
@@ -173,7 +176,14 @@ class Protocol:
         for stage in out.stages:
             stage.steps = min(stage.steps, max_steps)
             stage.max_iterations = min(stage.max_iterations, max_steps)
+        out._resolve_times()
         return out
+
+    def _resolve_times(self) -> None:
+        """Every MD stage's ``time_ps`` = its ``steps`` × the time step (the stage as run)."""
+        for stage in self.stages:
+            if stage.is_md:
+                stage.time_ps = stage.steps * self.integrator.timestep_fs / 1000.0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data view (paths as strings) for logging and ``protocol.resolved.yaml``."""
@@ -450,6 +460,7 @@ def parse_protocol(data: Any, base: Path, check_files: bool = True,
         source=source,
     )
     top.finish()
+    protocol._resolve_times()
     _check_consistency(protocol)
     return protocol
 

@@ -53,6 +53,12 @@ def test_time_ps_becomes_steps_and_max_steps_caps() -> None:
     capped = p.capped(10)
     assert capped.stages[1].steps == 10 and capped.stages[0].max_iterations == 10
     assert p.stages[1].steps == 4000  # the original is untouched
+    # the resolved protocol says what runs: 10 steps of 0.5 fs are 0.005 ps, not the 2 ps asked for
+    resolved = capped.to_dict()["stages"][1]
+    assert (resolved["steps"], resolved["time_ps"]) == (10, pytest.approx(0.005))
+    assert p.to_dict()["stages"][1]["time_ps"] == pytest.approx(2.0)
+    steps_given = parse_protocol(_with(stages=[{"type": "nvt", "steps": 300}]), Path("."))
+    assert steps_given.to_dict()["stages"][0]["time_ps"] == pytest.approx(0.15)
 
 
 @pytest.mark.parametrize(
