@@ -45,7 +45,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from transip_openmm.neighbors import check_cell, minimum_image, neighbor_list
+from transip_openmm.neighbors import (
+    cell_is_valid,
+    check_cell,
+    minimum_image,
+    neighbor_demand,
+    neighbor_list,
+    static_neighbor_list,
+)
 from transip_openmm.units import COULOMB_EV_ANGSTROM
 
 #: Largest atomic number the embedding tables cover (Pu).
@@ -397,6 +404,15 @@ class TransIPModel(nn.Module):
         if config.pair_energy:
             neighbor_cutoff = max(neighbor_cutoff, float(config.pair_cutoff))
         self.neighbor_cutoff = neighbor_cutoff
+        # Capture-safe evaluation (CUDA graphs): static shapes and no host read in ``forward``.
+        # The neighbour-list capacity is fitted outside the captured region
+        # (:meth:`fit_neighbor_capacity`); ``forward`` records what the structure needed in
+        # ``neighbor_demand`` = (neighbours, cell occupancy, cell invalid) for a check after the call
+        # (:meth:`check_neighbor_capacity`).
+        self.capture_safe: bool = False
+        self.max_neighbors: int = 0
+        self.max_cell_atoms: int = 0
+        self.register_buffer("neighbor_demand", torch.zeros(3, dtype=torch.long), persistent=False)
 
     @torch.jit.unused
     def _init_geometry_sensitive(self) -> None:
@@ -536,17 +552,35 @@ class TransIPModel(nn.Module):
         atom_energy = self.readout(self.final_norm(h)).squeeze(-1)
         return atom_energy * self.energy_scale + self.element_energies.to(h.dtype)[atomic_numbers]
 
+    def _uses_neighbor_list(self, b: int, n: int) -> bool:
+        """Whether a batch of ``b`` structures of ``n`` atoms runs on the neighbour-list path."""
+        return self.use_attention_cutoff and b == 1 and n >= self.neighbor_list_min_atoms
+
     def _forward_neighbors(
-        self, atomic_numbers: Tensor, positions: Tensor, charge: Tensor, multiplicity: Tensor,
-        cell: Optional[Tensor],
-    ) -> Tuple[Tensor, List[Tensor]]:
-        """Local attention of one unpadded structure (B = 1) over a cell-list neighbour list;
-        ``cell`` (3, 3) Å or None (open boundaries)."""
+        self, atomic_numbers: Tensor, positions: Tensor, mask: Tensor, charge: Tensor, multiplicity: Tensor,
+        cell: Optional[Tensor], static: bool,
+    ) -> Tuple[Tensor, List[Tensor], Tensor]:
+        """Local attention of one structure (B = 1) over a cell-list neighbour list; ``cell``
+        (3, 3) Å or None (open boundaries). ``static``: the capture-safe list with the fitted
+        capacity (padding atoms, ``mask`` False, are left out of every row but their own);
+        otherwise the data-shaped list (every atom must be real). Returns (energy (1,) eV,
+        hidden states, demand (2,) int64 of the static list, zeros otherwise)."""
         z = atomic_numbers[0]
         pos = positions[0]
         n = pos.shape[0]
-        h = self._tokens(atomic_numbers, positions - positions.mean(dim=1, keepdim=True), charge, multiplicity)[0]
-        neighbors, valid = neighbor_list(pos, self.neighbor_cutoff, cell, check=False)  # forward checked it
+        keep = mask[0]
+        self_index = torch.arange(n, device=pos.device).unsqueeze(1)
+        if static:
+            neighbors, valid, demand = static_neighbor_list(
+                pos, self.neighbor_cutoff, cell, self.max_neighbors, self.max_cell_atoms)
+            valid = valid & ((keep[neighbors] & keep.unsqueeze(1)) | (neighbors == self_index))
+            keepf = keep.to(pos.dtype).unsqueeze(-1)
+            centroid = (pos * keepf).sum(dim=0, keepdim=True) / keepf.sum().clamp(min=1.0)
+        else:
+            neighbors, valid = neighbor_list(pos, self.neighbor_cutoff, cell, check=False)  # forward checked it
+            demand = torch.zeros(2, dtype=torch.long, device=pos.device)
+            centroid = pos.mean(dim=0, keepdim=True)
+        h = self._tokens(atomic_numbers, (pos - centroid).unsqueeze(0), charge, multiplicity)[0]
         m = neighbors.shape[1]
         diff = pos[neighbors] - pos.unsqueeze(1)  # (N, M, 3): x_j - x_i
         if cell is not None:
@@ -566,37 +600,30 @@ class TransIPModel(nn.Module):
         for i, block in enumerate(self.blocks):
             h = block.forward_neighbors(h, neighbors, biases[i], edge)
             hidden.append(h.unsqueeze(0))
-        energy = self._atom_energies(h, z).sum().unsqueeze(0)
+        atom_energy = self._atom_energies(h, z)
+        if static:
+            atom_energy = atom_energy * keep.to(atom_energy.dtype)
+        energy = atom_energy.sum().unsqueeze(0)
         pair = self.pair
         if self.use_zbl or pair is not None:
             zj = z[neighbors]
             zi = z.unsqueeze(1)
-            pair_mask = valid & (neighbors != torch.arange(n, device=pos.device).unsqueeze(1))
-            if self.use_zbl and self.zbl.any_active(zi, zj, r, pair_mask):
+            pair_mask = valid & (neighbors != self_index)
+            # The activity check reads a flag on the host: skipped when capture-safe (the term is
+            # then evaluated, exactly zero for pairs beyond its switch-off distance).
+            if self.use_zbl and (static or self.zbl.any_active(zi, zj, r, pair_mask)):
                 energy = energy + 0.5 * self.zbl.pair_energy(zi, zj, r, pair_mask).sum()
             if pair is not None:
                 energy = energy + 0.5 * self.energy_scale * pair.pair_energy(zi, zj, r, pair_mask).sum()
-        return energy, hidden
+        return energy, hidden, demand
 
-    def forward(
-        self,
-        atomic_numbers: Tensor,
-        positions: Tensor,
-        mask: Tensor,
-        charge: Tensor,
-        multiplicity: Tensor,
-        cell: Optional[Tensor] = None,
+    def _forward_dense(
+        self, atomic_numbers: Tensor, positions: Tensor, mask: Tensor, charge: Tensor, multiplicity: Tensor,
+        cell: Optional[Tensor], padded: bool, check_zbl: bool,
     ) -> Tuple[Tensor, List[Tensor]]:
-        """``cell``: (3, 3) Å periodic box, rows = box vectors (OpenMM's reduced form), shared by
-        the batch; needs ``supports_periodic``. None: open boundaries."""
-        b, n = atomic_numbers.shape
-        self._check_cell(cell)
-        if self.use_attention_cutoff and b == 1 and n >= self.neighbor_list_min_atoms:
-            if bool(mask.all()):  # the neighbour list synchronises anyway
-                return self._forward_neighbors(atomic_numbers, positions, charge, multiplicity, cell)
-        # Data-dependent shortcuts need a host sync; on CUDA the general (padded) path is
-        # taken instead, so that an evaluation can be captured in a CUDA graph.
-        padded = True if positions.is_cuda else not bool(mask.all())
+        """All-pairs energy (B,) eV and hidden states; ``padded=False`` promises every atom is
+        real; ``check_zbl=False`` evaluates the ZBL term without its (host-read) activity check."""
+        n = atomic_numbers.shape[1]
         hidden, r = self._embed_dense(atomic_numbers, positions, mask, charge, multiplicity, padded, cell)
         atom_energy = self._atom_energies(hidden[-1], atomic_numbers)
         if padded:
@@ -611,11 +638,106 @@ class TransIPModel(nn.Module):
             else:
                 pair_mask = ~eye
             if self.use_zbl:
-                energy = energy + self.zbl(atomic_numbers, r, pair_mask)
+                if check_zbl:
+                    energy = energy + self.zbl(atomic_numbers, r, pair_mask)
+                else:
+                    zbl = self.zbl.pair_energy(atomic_numbers.unsqueeze(2), atomic_numbers.unsqueeze(1), r, pair_mask)
+                    energy = energy + 0.5 * zbl.sum(dim=(1, 2))
             if pair is not None:
                 pair_e = pair.pair_energy(atomic_numbers.unsqueeze(2), atomic_numbers.unsqueeze(1), r, pair_mask)
                 energy = energy + 0.5 * self.energy_scale * pair_e.sum(dim=(1, 2))
         return energy, hidden
+
+    def _forward_capture_safe(
+        self, atomic_numbers: Tensor, positions: Tensor, mask: Tensor, charge: Tensor, multiplicity: Tensor,
+        cell: Optional[Tensor],
+    ) -> Tuple[Tensor, List[Tensor]]:
+        """``forward`` with static shapes and no host read (CUDA-graph capture): the cell is not
+        validated but flagged, the neighbour list has the fitted capacity, and what the structure
+        needed goes to ``neighbor_demand`` for :meth:`check_neighbor_capacity` after the call."""
+        b, n = atomic_numbers.shape
+        if cell is not None and not self.supports_periodic:
+            self._check_cell(cell)  # raises: no host read involved
+        cell_bad = torch.zeros(1, dtype=torch.long, device=positions.device)
+        if cell is not None:
+            cell_bad = (~cell_is_valid(cell, self.neighbor_cutoff)).to(torch.long).view(1).to(positions.device)
+        if self._uses_neighbor_list(b, n):
+            if self.max_neighbors <= 0 or self.max_cell_atoms <= 0:
+                raise ValueError(
+                    "TransIP: capture-safe evaluation of " + str(n) + " atoms needs a neighbour-list capacity; "
+                    "call fit_neighbor_capacity(positions, cell) on a representative structure first"
+                )
+            energy, hidden, demand = self._forward_neighbors(
+                atomic_numbers, positions, mask, charge, multiplicity, cell, True)
+        else:
+            energy, hidden = self._forward_dense(
+                atomic_numbers, positions, mask, charge, multiplicity, cell, True, False)
+            demand = torch.zeros(2, dtype=torch.long, device=positions.device)
+        self.neighbor_demand.copy_(torch.cat([demand, cell_bad]))
+        return energy, hidden
+
+    @torch.jit.export
+    def fit_neighbor_capacity(self, positions: Tensor, cell: Optional[Tensor] = None, margin: float = 0.25) -> None:
+        """Set the capture-safe neighbour capacity from one structure: positions (N, 3) Å, cell
+        None or (3, 3) Å. Capacity = the structure's need × (1 + ``margin``), rounded up, plus 2.
+        Reads the counts on the host: call it outside any captured region."""
+        self._check_cell(cell)
+        m, k = neighbor_demand(positions, self.neighbor_cutoff, cell)
+        self.max_neighbors = int(math.ceil(m * (1.0 + margin))) + 2
+        self.max_cell_atoms = int(math.ceil(k * (1.0 + margin))) + 2
+
+    @torch.jit.export
+    def neighbor_overflow(self) -> bool:
+        """Whether the last capture-safe ``forward`` needed more than the capacity, or was given an
+        invalid cell (one host read: call it after the call, outside any captured region)."""
+        demand: List[int] = self.neighbor_demand.tolist()
+        return demand[0] > self.max_neighbors or demand[1] > self.max_cell_atoms or demand[2] != 0
+
+    @torch.jit.export
+    def check_neighbor_capacity(self, cell: Optional[Tensor] = None) -> None:
+        """Raise ``ValueError`` if the last capture-safe ``forward`` was wrong for want of capacity or
+        was given an invalid ``cell`` (pass the same cell, (3, 3) Å, for the exact reason)."""
+        demand: List[int] = self.neighbor_demand.tolist()
+        if demand[2] != 0 and cell is not None:
+            check_cell(cell, self.neighbor_cutoff)
+        if demand[2] != 0:
+            raise ValueError("TransIP: the periodic cell of the last evaluation is invalid for the model's "
+                             "cutoff (check_cell(cell, cutoff) says why)")
+        if demand[0] > self.max_neighbors or demand[1] > self.max_cell_atoms:
+            raise ValueError(
+                "TransIP: the capture-safe neighbour list overflowed: an atom has " + str(demand[0])
+                + " neighbours within " + str(self.neighbor_cutoff) + " Å (capacity " + str(self.max_neighbors)
+                + ") and a cell-list cell holds up to " + str(demand[1]) + " atoms (capacity "
+                + str(self.max_cell_atoms) + "); the structure is denser than the one the capacity was fitted "
+                "on: call fit_neighbor_capacity(positions, cell) on it and evaluate again"
+            )
+
+    def forward(
+        self,
+        atomic_numbers: Tensor,
+        positions: Tensor,
+        mask: Tensor,
+        charge: Tensor,
+        multiplicity: Tensor,
+        cell: Optional[Tensor] = None,
+    ) -> Tuple[Tensor, List[Tensor]]:
+        """``cell``: (3, 3) Å periodic box, rows = box vectors (OpenMM's reduced form), shared by
+        the batch; needs ``supports_periodic``. None: open boundaries. With ``capture_safe`` set
+        the evaluation has static shapes and reads nothing on the host (see
+        :meth:`_forward_capture_safe`)."""
+        if self.capture_safe:
+            return self._forward_capture_safe(atomic_numbers, positions, mask, charge, multiplicity, cell)
+        b, n = atomic_numbers.shape
+        self._check_cell(cell)
+        if self._uses_neighbor_list(b, n):
+            if bool(mask.all()):  # the neighbour list synchronises anyway
+                energy, hidden, _ = self._forward_neighbors(
+                    atomic_numbers, positions, mask, charge, multiplicity, cell, False)
+                return energy, hidden
+        # Data-dependent shortcuts need a host sync; on CUDA the general (padded) path is
+        # taken instead.
+        padded = True if positions.is_cuda else not bool(mask.all())
+        return self._forward_dense(atomic_numbers, positions, mask, charge, multiplicity, cell, padded, True)
 
 
 def compute_forces(energy: Tensor, positions: Tensor, training: bool = False) -> Tensor:

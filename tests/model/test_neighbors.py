@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Set, Tuple
+from typing import Dict, Set, Tuple
 
 import numpy as np
 import pytest
@@ -104,13 +104,14 @@ def test_open_matches_brute_force(device):
 
 # ---------------------------------------------------------------- periodic boundaries
 
-# (cell, cutoff, path): "cells" runs the cell list (every n_k >= 3), "all" the all-pairs fallback
+# (cell, cutoff, grid): "cells": at least 3 cells along every axis; "narrow": fewer along some
+# axis, where the offsets that would name a cell twice are switched off
 PERIODIC_CASES = {
     "ortho-cells": (ORTHORHOMBIC, 5.0, "cells"),  # n = (3, 4, 3)
-    "ortho-all": (ORTHORHOMBIC, 8.0, "all"),  # 17.5 / 8 < 3
+    "ortho-narrow": (ORTHORHOMBIC, 8.0, "narrow"),  # 17.5 / 8 < 3
     "tric-cells-3": (TRICLINIC, 5.5, "cells"),  # n = (3, 3, 3): wrapped cells just distinct
     "tric-cells-6": (TRICLINIC, 3.0, "cells"),  # n = (6, 6, 6); c width exactly 6 cutoffs
-    "tric-all": (TRICLINIC, 7.5, "all"),  # 18 / 7.5 < 3
+    "tric-narrow": (TRICLINIC, 7.5, "narrow"),  # 18 / 7.5 < 3
 }
 
 
@@ -137,7 +138,7 @@ def test_periodic_pairs_equal_ase(name, scripted):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name", ["tric-cells-6", "tric-all"])
+@pytest.mark.parametrize("name", ["tric-cells-6", "tric-narrow"])
 def test_periodic_float32_and_device(name, device):
     """float32 (cell given in float64) agrees with float64 up to pairs at the cutoff."""
     cell, cutoff = _check_case(name)
@@ -150,7 +151,7 @@ def test_periodic_float32_and_device(name, device):
     assert np.all(np.abs(r - cutoff) < 1e-4)
 
 
-@pytest.mark.parametrize("name", ["tric-cells-3", "tric-cells-6", "tric-all", "ortho-cells"])
+@pytest.mark.parametrize("name", ["tric-cells-3", "tric-cells-6", "tric-narrow", "ortho-cells"])
 def test_lattice_shifts_leave_neighbour_sets_unchanged(name):
     cell, cutoff = _check_case(name)
     pos = periodic_atoms(cell, seed=7)
@@ -233,22 +234,17 @@ def test_check_cell_rejects_small_or_invalid_boxes():
         neighbor_list(torch.zeros(4, 3, dtype=torch.float64), 9.5, cell)
 
 
-def test_all_pairs_fallback_is_used_only_for_small_boxes(monkeypatch):
-    """Sanity of the case table: the fallback builds (N, N), the cell list does not."""
-    from transip_openmm import neighbors as module
+def test_narrow_boxes_visit_each_cell_once():
+    """Sanity of the case table: along an axis with n_k < 3 cells only n_k of the 3 offsets are
+    kept (the others name the same cell again), so the kept offsets number prod(min(n_k, 3))."""
+    from transip_openmm.neighbors import _cell_grid, cell_widths
 
-    calls: Dict[str, int] = {"all": 0}
-    original = module.minimum_image
-
-    def spy(d: Tensor, cell: Tensor) -> Tensor:
-        if d.dim() == 3 and d.shape[0] == d.shape[1]:
-            calls["all"] += 1
-        return original(d, cell)
-
-    monkeypatch.setattr(module, "minimum_image", spy)
-    for name, (cell, cutoff, path) in PERIODIC_CASES.items():
-        calls["all"] = 0
-        pos = periodic_atoms(cell, seed=2)
-        box: Optional[Tensor] = torch.tensor(cell)
-        module.neighbor_list(torch.tensor(pos), cutoff, box)
-        assert (calls["all"] > 0) == (path == "all"), name
+    for name, (cell, cutoff, grid) in PERIODIC_CASES.items():
+        n_cells = np.maximum(np.floor(cell_widths(torch.tensor(cell)).numpy() / cutoff), 1).astype(int)
+        assert (n_cells.min() < 3) == (grid == "narrow"), name
+        pos = torch.tensor(periodic_atoms(cell, seed=2))
+        cell_id, neighbor_cell, offset_ok = _cell_grid(pos, cutoff, torch.tensor(cell))
+        assert int(offset_ok.sum()) == int(np.prod(np.minimum(n_cells, 3))), name
+        kept = neighbor_cell[:, offset_ok]
+        assert all(len(set(row)) == kept.shape[1] for row in kept.tolist()), name  # distinct cells
+        assert int(cell_id.max()) < int(np.prod(n_cells))
