@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Type, TypeVar, Union
 
 import yaml
-from transip_openmm.training.objectives import SYMMETRY_MODES
+from transip_openmm.training.symmetry_modes import SYMMETRY_MODES, TRANSIP_PRESETS, transip_settings
 
 from transip_openmm.model import ModelConfig
 from transip_openmm.errors import TransIPError
@@ -62,10 +62,16 @@ class DataConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """Loss weights and the symmetry setting (``none | augment | transip``).
+    """Loss weights and the symmetry mode (``none | augment | transip`` or a named TransIP
+    variant, ``symmetry_modes.TRANSIP_PRESETS``).
 
-    ``equiv_weight`` is λ; ``layers`` index the hidden states (0 = input tokens,
-    i = output of block i, negative from the end); ``temperature`` is the InfoNCE τ.
+    TransIP settings (``symmetry_modes.TransIPSettings``; None: the variant's preset):
+    ``equiv_weight`` λ; ``layers`` index the hidden states (0 = input tokens, i = output of
+    block i, negative from the end); ``temperature`` the InfoNCE τ; ``supervise_rotated``
+    (supervised loss on R·x); ``transform`` (T_ψ: ``group | mlp | legacy``);
+    ``vector_channels`` (k of the group T_ψ); ``transform_hidden`` (width of an MLP T_ψ);
+    ``negatives`` (``exclude_equivalent | other_molecules | all``); ``align`` (``mse |
+    cosine``); ``consistency_weight`` (weight of (E(Rx) − E(x))²).
     ``energy_scale``: ``residual`` (per-atom std of the least-squares residual),
     ``force_rms`` or a number in eV. ``force_loss``: ``mse`` or ``huber`` (on forces divided
     by the training force RMS, quadratic below ``huber_delta``): robust to the few very large
@@ -80,10 +86,16 @@ class ObjectiveConfig:
     symmetry: str = "none"
     energy_weight: float = 1.0
     force_weight: float = 10.0
-    equiv_weight: float = 0.1
-    layers: List[int] = field(default_factory=lambda: [-1])
-    temperature: float = 0.1
-    transform_hidden: int = 256
+    equiv_weight: Optional[float] = None
+    layers: Optional[List[int]] = None
+    temperature: Optional[float] = None
+    transform_hidden: Optional[int] = None
+    supervise_rotated: Optional[bool] = None
+    transform: Optional[str] = None
+    vector_channels: Optional[int] = None
+    negatives: Optional[str] = None
+    align: Optional[str] = None
+    consistency_weight: Optional[float] = None
     energy_scale: Union[str, float] = "residual"
     force_loss: str = "mse"
     energy_loss_norm: str = "energy_scale"
@@ -152,6 +164,11 @@ class TrainConfig:
     def validate(self) -> None:
         if self.objective.symmetry not in SYMMETRY_MODES:
             raise ConfigError(f"objective.symmetry must be one of {SYMMETRY_MODES}, got {self.objective.symmetry!r}")
+        if self.objective.symmetry in TRANSIP_PRESETS:
+            try:
+                transip_settings(self.objective.symmetry, asdict(self.objective)).check()
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(str(exc)) from exc
         if not self.data.train:
             raise ConfigError("data.train lists no files")
         if self.data.split not in ("family", "block"):

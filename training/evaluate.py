@@ -111,34 +111,27 @@ def evaluate(predictor: Predictor, dataset: MoleculeDataset, max_atoms: int = 10
 @torch.no_grad()
 def latent_equivariance_error(checkpoint: Dict, dataset: MoleculeDataset, n_structures: int = 20,
                               n_rotations: int = 4, seed: int = 0) -> Optional[float]:
-    """``latent_equiv_err_rel`` of a ``transip`` checkpoint (None for other settings).
+    """``latent_equiv_err_rel`` of a TransIP checkpoint (None for other modes).
 
     Mean ‖T_ψ(h, R) − h_R‖/‖h_R‖ over the tokens of the first ``n_structures`` structures,
-    each under ``n_rotations`` random rotations, at the configured layers (raw weights:
+    each under ``n_rotations`` random rotations, at the mode's layers (raw weights:
     T_ψ was trained against them, not against the EMA average).
     """
-    from transip_openmm.training.objectives import TransformationNetwork
+    from transip_openmm.training.symmetry_modes import TransIP, mode_from_checkpoint
 
     from transip_openmm.artifacts import model_from_checkpoint
 
-    if checkpoint.get("symmetry") != "transip" or not checkpoint.get("transforms_state"):
+    if not checkpoint.get("transforms_state"):
         return None
-    objective = checkpoint["config"]["objective"]
+    mode = mode_from_checkpoint(checkpoint)
+    if not isinstance(mode, TransIP):
+        return None
     model = model_from_checkpoint(checkpoint, use_ema=False)
-    n_hidden = model.n_layers + 1
-    layers = sorted({int(layer) % n_hidden for layer in objective["layers"]})
-    d = int(model.config_dict["d_model"])
-    transforms = torch.nn.ModuleList([TransformationNetwork(d, int(objective["transform_hidden"])) for _ in layers])
-    transforms.load_state_dict(checkpoint["transforms_state"])
     gen = torch.Generator().manual_seed(seed)
     errors = []
     for s in range(min(n_structures, len(dataset))):
         b = collate(dataset, [s] * n_rotations).to("cpu")
         rots = random_rotations(n_rotations, gen)
-        hidden, _ = model.embed(b.numbers, b.positions, b.mask, b.charge, b.multiplicity)
-        hidden_rot, _ = model.embed(b.numbers, rotate(b.positions, rots), b.mask, b.charge, b.multiplicity)
-        rot9 = rots.float().reshape(-1, 1, 9).expand(-1, b.mask.shape[1], 9)[b.mask]
-        for transform, layer in zip(transforms, layers):
-            pred = transform(hidden[layer][b.mask], rot9)
-            errors.append(metrics.latent_equivariance_err_rel(pred.numpy(), hidden_rot[layer][b.mask].numpy()))
+        errors += [metrics.latent_equivariance_err_rel(pred.numpy(), target.numpy())
+                   for pred, target in mode.latent_pairs(model, b, rots)]
     return float(np.mean(errors))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -164,10 +165,8 @@ class Trainer:
                 self.model.readout[-1].weight.zero_()
                 self.model.readout[-1].bias.zero_()
         obj = cfg.objective
-        self.module = TrainingModule(
-            self.model, self.refs, self.force_rms, obj.symmetry, obj.energy_weight, obj.force_weight,
-            obj.equiv_weight, obj.layers, obj.temperature, obj.transform_hidden, obj.force_loss,
-            obj.huber_delta,
+        self.module = TrainingModule.from_objective(
+            self.model, self.refs, self.force_rms, dataclasses.asdict(obj),
             energy_norm=max(self.energy_norm, 1e-6) if obj.energy_loss_norm == "references" else None,
         ).to(self.device)
         self.ddp = None
@@ -219,7 +218,7 @@ class Trainer:
             "model_config": self.model_config.to_dict(),
             "model_state": self._model_state(self.model.state_dict()),
             "ema_state": self._model_state(self.ema.state) if self.ema else None,
-            "transforms_state": self.module.transforms.state_dict(),
+            "transforms_state": self.module.mode.state_dict(),
             "elements": self.data.elements,
             "optimizer_state": self.optimizer.state_dict(),
             "scheduler_state": self.scheduler.state_dict(),
@@ -256,7 +255,7 @@ class Trainer:
         state = dict(data["model_state"])
         state["element_energies"] = torch.zeros_like(state["element_energies"])
         self.model.load_state_dict(state)
-        self.module.transforms.load_state_dict(data["transforms_state"])
+        self.module.mode.load_state_dict(data["transforms_state"])
         self.optimizer.load_state_dict(data["optimizer_state"])
         self.scheduler.load_state_dict(data["scheduler_state"])
         if self.ema is not None and data.get("ema_state") is not None:

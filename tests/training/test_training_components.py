@@ -12,7 +12,9 @@ from transip_openmm.training.config import ConfigError, config_from_dict, load_c
 from transip_openmm.training.dataset import Molecule, MoleculeDataset
 from transip_openmm.training.evaluate import rotation_errors
 from transip_openmm.training.objectives import (
+    SupervisedLoss,
     TrainingModule,
+    build_mode,
     equivariance_loss,
     random_rotations,
     rotate,
@@ -108,7 +110,8 @@ def test_training_module_losses_and_gradients(symmetry):
     refs, _ = fit_element_energies(data)
     torch.manual_seed(0)
     model = TransIPModel(ModelConfig.from_dict(TINY_MODEL))
-    module = TrainingModule(model, torch.from_numpy(refs), 1.0, symmetry, transform_hidden=16)
+    mode = build_mode(symmetry, {"transform_hidden": 16}, TINY_MODEL["d_model"], TINY_MODEL["n_layers"])
+    module = TrainingModule(model, torch.from_numpy(refs), 1.0, mode)
     batch = collate(data, [0, 1, 2]).to("cpu")
     out = module(batch, random_rotations(3, torch.Generator().manual_seed(0)))
     out["loss"].backward()
@@ -117,7 +120,7 @@ def test_training_module_losses_and_gradients(symmetry):
     grads = [p.grad for p in module.parameters() if p.requires_grad]
     assert all(g is not None for g in grads)
     if symmetry == "transip":
-        assert len(module.transforms) == 1
+        assert len(module.mode.transforms) == 1
 
 
 def test_huber_force_loss_equals_mse_for_small_errors():
@@ -127,9 +130,11 @@ def test_huber_force_loss_equals_mse_for_small_errors():
     model = TransIPModel(ModelConfig.from_dict(TINY_MODEL)).double()
     batch = collate(data, [0, 1])
     mse = TrainingModule(model, torch.from_numpy(refs), 1.0, "none")(batch)
-    huber = TrainingModule(model, torch.from_numpy(refs), 1.0, "none", force_loss="huber", huber_delta=1e3)(batch)
+    huber = TrainingModule(model, torch.from_numpy(refs), 1.0, "none",
+                           SupervisedLoss(force_loss="huber", huber_delta=1e3))(batch)
     torch.testing.assert_close(huber["loss_force"], mse["loss_force"])
-    robust = TrainingModule(model, torch.from_numpy(refs), 1.0, "none", force_loss="huber", huber_delta=0.1)(batch)
+    robust = TrainingModule(model, torch.from_numpy(refs), 1.0, "none",
+                            SupervisedLoss(force_loss="huber", huber_delta=0.1))(batch)
     assert robust["loss_force"] < mse["loss_force"]
 
 
