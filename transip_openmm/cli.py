@@ -21,6 +21,7 @@ COMMANDS = {
     "simulate": ("transip_openmm.simulations.cli", "run an MD protocol (YAML)"),
     "analyze": ("transip_openmm.simulations.analyze_cli", "analyse a simulation run directory"),
     "demo": ("transip_openmm.simulations.demo", "short demo simulation with the shipped default model"),
+    "data": ("transip_openmm.data.cli", "generate labelled training data"),
 }
 
 

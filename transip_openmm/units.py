@@ -31,3 +31,7 @@ HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM: float = HARTREE_TO_EV / BOHR_TO_ANGSTROM
 COULOMB_EV_ANGSTROM: float = 138.935456 * NM_TO_ANGSTROM / EV_TO_KJ_PER_MOL
 #: meV per eV, for reporting.
 MEV_PER_EV: float = 1000.0
+#: Boltzmann constant in eV/K, ≈ 8.617333e-5.
+BOLTZMANN_EV_PER_K: float = (u.BOLTZMANN_CONSTANT_kB * u.AVOGADRO_CONSTANT_NA * u.kelvin).value_in_unit(
+    u.kilojoule_per_mole
+) / EV_TO_KJ_PER_MOL
