@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -26,28 +27,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-ema", action="store_true", help="export the raw weights, not the EMA weights")
     parser.add_argument("--frame-average", action="store_true",
                         help="average over the 24 octahedral rotations: energy exactly invariant to "
-                             "them, closer to invariant for any rotation; about 10x slower")
+                             "them, closer to invariant for any rotation; 24 evaluations per step")
 
 
 def run(args: argparse.Namespace) -> int:
-    from transip_openmm.export.exporter import export_checkpoint
+    from transip_openmm.export.exporter import export_model
 
-    from transip_openmm.artifacts import load_checkpoint
+    from transip_openmm.artifacts import load_checkpoint, model_from_checkpoint
+    from transip_openmm.errors import UsageError
     from transip_openmm.system_spec import build_spec
 
+    if Path(args.output).resolve() == Path(args.checkpoint).resolve():
+        raise UsageError(f"--output {args.output} is the checkpoint itself: choose another file name")
+    if not args.topology and (args.atoms or args.charge != 0 or args.multiplicity != 1):
+        raise UsageError("--atoms, --charge and --multiplicity are baked only with --topology; "
+                         "for a generic file pass them to TransIPForce instead")
+    checkpoint = load_checkpoint(args.checkpoint)  # checked before anything is written
     spec = None
     if args.topology:
         from transip_openmm.export.topology_io import load_structure
 
         topology, _ = load_structure(args.topology)
-        elements = load_checkpoint(args.checkpoint)["elements"]
         spec = build_spec(topology, args.atoms, args.charge, args.multiplicity,
-                          supported_elements=elements, source=args.checkpoint)
-    elif args.atoms or args.charge != 0 or args.multiplicity != 1:
-        raise SystemExit("--atoms, --charge and --multiplicity are baked only with --topology; "
-                         "for a generic file pass them to TransIPForce instead")
-    meta = export_checkpoint(args.checkpoint, args.output, spec, args.dtype, use_ema=not args.no_ema,
-                             frame_average=args.frame_average)
+                          supported_elements=checkpoint["elements"], source=args.checkpoint)
+    model = model_from_checkpoint(checkpoint, use_ema=not args.no_ema)
+    meta = export_model(model, checkpoint, args.output, spec, args.dtype, source=Path(args.checkpoint).name,
+                        frame_average=args.frame_average)
     summary = {k: meta[k] for k in ("format", "format_version", "elements", "baked", "dtype", "code_version")}
     if spec is not None:
         summary["n_particles"] = spec.n_particles

@@ -25,6 +25,7 @@ from transip_openmm.artifacts import (
     load_checkpoint,
     model_from_checkpoint,
 )
+from transip_openmm.atomic_io import atomic_binary_file
 from transip_openmm.model import TransIPModel
 from transip_openmm.system_spec import SystemSpec
 
@@ -146,9 +147,8 @@ def export_model(
     meta = build_metadata(checkpoint, spec, dtype, source, frame_average)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_suffix(output.suffix + ".tmp")
-    torch.jit.save(scripted, str(tmp), _extra_files={METADATA_ENTRY: json.dumps(meta, indent=1)})
-    tmp.replace(output)
+    with atomic_binary_file(output) as f:  # a killed export leaves no partial model file
+        torch.jit.save(scripted, f, _extra_files={METADATA_ENTRY: json.dumps(meta, indent=1)})
     logger.info("exported %s model (%s) to %s", "baked" if spec else "generic", dtype, output)
     return meta
 

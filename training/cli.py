@@ -10,9 +10,13 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import Optional
 
-from transip_openmm.training.config import load_config
+from transip_openmm.training.config import ConfigError, TrainConfig, load_config
+from transip_openmm.training.dataset import DataError
 from transip_openmm.training.objectives import SYMMETRY_MODES
+
+from transip_openmm.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if args.no_progress:
         cfg.run.progress = False
     cfg.validate()
-    if not args.resume and (args.output / "last.ckpt").exists():
-        logger.error("%s already holds a run (last.ckpt); use --resume or another --output", args.output)
-        return 2
+    check_run_inputs(cfg, args.output, args.resume, args.stop_after)
     from transip_openmm.training.trainer import Trainer  # heavy imports only when training
 
     trainer = Trainer(cfg, args.output, resume=args.resume, stop_after=args.stop_after)
@@ -55,3 +57,28 @@ def run(args: argparse.Namespace) -> int:
     if trainer.is_main:
         print(json.dumps(summary, indent=2))
     return 0
+
+
+def check_run_inputs(cfg: TrainConfig, output: Path, resume: bool, stop_after: Optional[int]) -> None:
+    """Refuse, before anything is written, what would fail later: missing data files, an
+    output folder that holds another run (or no run to resume), an absent CUDA device."""
+    for section in ("train", "val", "force_only"):
+        for name in getattr(cfg.data, section):
+            path = cfg.resolve(name)
+            if not (path.exists() or any(path.parent.glob(path.name))):  # a file, a folder or a glob
+                raise DataError(f"data.{section} file {name!r} does not exist (looked for {path}; relative "
+                                "paths are resolved against data.root, relative to the config file)")
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"--output {output} is a file, not a folder")
+    has_run = (output / "last.ckpt").exists()
+    if resume and not has_run:
+        raise UsageError(f"nothing to resume: {output / 'last.ckpt'} does not exist; drop --resume to start a run")
+    if not resume and has_run:
+        raise UsageError(f"{output} already holds a run (last.ckpt); use --resume or another --output")
+    if stop_after is not None and stop_after < 1:
+        raise UsageError(f"--stop-after must be at least 1, got {stop_after}")
+    if cfg.run.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"run.device is {cfg.run.device!r} but torch sees no CUDA device; use --device cpu")

@@ -214,16 +214,28 @@ def read_spice_hdf5(path: PathLike, elements: Optional[Sequence[int]] = None) ->
 
 
 def read_dataset(path: PathLike, elements: Optional[Sequence[int]] = None) -> MoleculeDataset:
-    """Read any supported file, chosen by suffix (.aselmdb, .xyz/.extxyz, .h5/.hdf5)."""
+    """Read any supported file, chosen by suffix (.aselmdb, .xyz/.extxyz, .h5/.hdf5).
+
+    A missing, unreadable or empty file raises :class:`DataError` naming it.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix == ".aselmdb":
-        return read_aselmdb(path, elements)
-    if suffix in (".xyz", ".extxyz"):
-        return read_extxyz(path, elements)
-    if suffix in (".h5", ".hdf5"):
-        return read_spice_hdf5(path, elements)
-    raise ValueError(f"{path}: unknown data format {suffix!r} (expected .aselmdb, .xyz, .extxyz, .hdf5)")
+    readers = {".aselmdb": read_aselmdb, ".xyz": read_extxyz, ".extxyz": read_extxyz,
+               ".h5": read_spice_hdf5, ".hdf5": read_spice_hdf5}
+    if suffix not in readers:
+        raise DataError(f"{path}: unknown data format {suffix!r} (expected .aselmdb, .xyz, .extxyz, .hdf5)")
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    try:
+        dataset = readers[suffix](path, elements)
+    except DataError:
+        raise
+    except Exception as exc:  # ase, lmdb and h5py raise many types for a malformed file
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise DataError(f"cannot read data file {path} as {suffix} ({type(exc).__name__}: {detail})") from exc
+    if len(dataset) == 0:
+        raise DataError(f"data file {path} holds no structures")
+    return dataset
 
 
 def read_datasets(paths: Sequence[PathLike], elements: Optional[Sequence[int]] = None) -> MoleculeDataset:

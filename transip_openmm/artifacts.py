@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import json
 import logging
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 import torch
 
-from transip_openmm.model import ModelConfig, TransIPModel
+from transip_openmm.atomic_io import atomic_binary_file
 from transip_openmm.errors import TransIPError
+from transip_openmm.model import ModelConfig, TransIPModel
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +49,11 @@ def code_version() -> str:
 
 
 def save_checkpoint(path: PathLike, payload: Dict[str, Any]) -> None:
-    """Write a training checkpoint atomically (write to ``.tmp``, then rename).
+    """Write a training checkpoint atomically (temporary file, fsync, rename).
 
     ``payload`` must hold at least ``model_config`` (dict), ``model_state`` and
-    ``elements`` (list of atomic numbers); format keys are added here.
+    ``elements`` (list of atomic numbers); format keys are added here. A process killed
+    while writing leaves the previous file at ``path`` intact.
     """
     for key in ("model_config", "model_state", "elements"):
         if key not in payload:
@@ -61,9 +64,8 @@ def save_checkpoint(path: PathLike, payload: Dict[str, Any]) -> None:
     data["format"] = CHECKPOINT_FORMAT
     data["format_version"] = CHECKPOINT_FORMAT_VERSION
     data.setdefault("code_version", code_version())
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(data, tmp)
-    tmp.replace(path)
+    with atomic_binary_file(path) as f:
+        torch.save(data, f)
 
 
 def load_checkpoint(path: PathLike) -> Dict[str, Any]:
@@ -71,10 +73,17 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"checkpoint {path} does not exist")
+    kind = torch_file_kind(path)
+    if kind == TORCHSCRIPT:
+        raise ArtifactError(f"{path} is an exported model, not a training checkpoint: give the .ckpt file the "
+                            "trainer wrote (e.g. runs/NAME/best.ckpt)")
+    if kind != PICKLE_ARCHIVE:
+        raise ArtifactError(f"checkpoint {path} {_KIND_PROBLEM[kind]}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises many types for a corrupt file
-        raise ArtifactError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc})") from exc
+        raise ArtifactError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {_first_line(exc)}); "
+                            "it may be corrupt: use another checkpoint of the run") from exc
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise ArtifactError(f"{path} is not a transip checkpoint (format={_format_of(data)!r})")
     version = data.get("format_version")
@@ -84,6 +93,52 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
             f"{CHECKPOINT_FORMAT_VERSION}"
         )
     return data
+
+
+#: kinds of file told apart by :func:`torch_file_kind`
+PICKLE_ARCHIVE, TORCHSCRIPT, TRUNCATED, TEXT, OTHER = "torch.save archive", "torchscript", "truncated", "text", "other"
+_KIND_PROBLEM = {
+    TRUNCATED: "is truncated or corrupt (an incomplete zip archive): write or copy it again",
+    TEXT: "is a text file, not a file written by PyTorch",
+    OTHER: "is not a file written by PyTorch (not a zip archive)",
+}
+
+
+def torch_file_kind(path: Path) -> str:
+    """What a file is: a ``torch.save`` archive (checkpoint), a TorchScript file, a truncated
+    zip archive, a text file or something else; read from the zip directory only."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if not head.startswith(b"PK"):
+        return OTHER if b"\0" in head else TEXT
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except zipfile.BadZipFile:
+        return TRUNCATED
+    if any(name.endswith("constants.pkl") or "/code/" in name for name in names):
+        return TORCHSCRIPT
+    if any(name.endswith("data.pkl") for name in names):
+        return PICKLE_ARCHIVE
+    return OTHER
+
+
+def unreadable_model_error(path: Path, exc: Exception) -> ArtifactError:
+    """The error for an exported-model path that ``torch.jit.load`` could not read, saying
+    what the file is instead (a checkpoint, a truncated file, a text file ...)."""
+    kind = torch_file_kind(path) if path.is_file() else OTHER
+    if kind == PICKLE_ARCHIVE:
+        return ArtifactError(f"{path} is a training checkpoint, not an exported model: export it first "
+                             f"(transip export {path} -o model.pt)")
+    if kind in _KIND_PROBLEM:
+        return ArtifactError(f"model file {path} {_KIND_PROBLEM[kind]}")
+    return ArtifactError(f"model file {path} is not a readable TorchScript file ({type(exc).__name__}: "
+                         f"{_first_line(exc)})")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def model_from_checkpoint(data: Dict[str, Any], use_ema: bool = True) -> TransIPModel:
@@ -107,10 +162,8 @@ def read_exported_metadata(path: PathLike) -> Dict[str, Any]:
     extra = {METADATA_ENTRY: ""}
     try:
         torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    except Exception as exc:
-        raise ArtifactError(
-            f"model file {path} is not a readable TorchScript file ({type(exc).__name__}: {exc})"
-        ) from exc
+    except Exception as exc:  # torch raises RuntimeError/ValueError/... for a file of another kind
+        raise unreadable_model_error(path, exc) from exc
     return parse_exported_metadata(extra[METADATA_ENTRY], source=str(path))
 
 
@@ -123,7 +176,7 @@ def parse_exported_metadata(text: Union[str, bytes], source: str = "<model>") ->
     try:
         meta = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{source}: metadata is not valid JSON ({exc})") from exc
+        raise ArtifactError(f"{source}: metadata entry {METADATA_ENTRY} is not valid JSON ({exc})") from exc
     if meta.get("format") != EXPORT_FORMAT:
         raise ArtifactError(f"{source} is not a transip exported model (format={meta.get('format')!r})")
     version = meta.get("format_version")

@@ -12,3 +12,7 @@ from __future__ import annotations
 
 class TransIPError(Exception):
     """Base of every user-facing error: the message names the file/key/atom and the fix."""
+
+
+class UsageError(TransIPError, ValueError):
+    """Command-line options that do not go together (the message says which and why)."""

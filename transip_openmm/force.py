@@ -22,6 +22,7 @@ from transip_openmm.artifacts import (
     ArtifactError,
     check_elements_supported,
     parse_exported_metadata,
+    unreadable_model_error,
 )
 from transip_openmm.system_spec import (
     AtomSelection,
@@ -65,10 +66,7 @@ def load_exported(path: PathLike, map_location: str = "cpu") -> Tuple[torch.jit.
     try:
         module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
     except Exception as exc:  # torch raises RuntimeError/ValueError/... for corrupt files
-        raise ArtifactError(
-            f"model file {path} is not a readable TorchScript file ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''})"
-        ) from exc
+        raise unreadable_model_error(path, exc) from exc
     meta = parse_exported_metadata(extra[METADATA_ENTRY], source=str(path))
     return module, meta
 

@@ -140,16 +140,22 @@ def test_cli_xyz_topology(ckpt, tmp_path):
     assert read_exported_metadata(out)["system"]["atomic_numbers"] == [8, 1, 1]
 
 
-def test_cli_rejects_impossible_multiplicity(ckpt, tmp_path):
-    from transip_openmm.system_spec import SystemSpecError
+def test_cli_rejects_impossible_multiplicity(ckpt, tmp_path, capsys):
+    rc = main(["export", str(ckpt), "-o", str(tmp_path / "x.pt"), "--topology", str(ALA), "--multiplicity", "2"])
+    assert rc == 2 and "impossible with 78 electrons" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
 
-    with pytest.raises(SystemSpecError, match="impossible with 78 electrons"):
-        main(["export", str(ckpt), "-o", str(tmp_path / "x.pt"), "--topology", str(ALA), "--multiplicity", "2"])
+
+def test_cli_atoms_without_topology_is_refused(ckpt, tmp_path, capsys):
+    assert main(["export", str(ckpt), "-o", str(tmp_path / "x.pt"), "--atoms", "resname ALA"]) == 2
+    assert "baked only with --topology" in capsys.readouterr().err
 
 
-def test_cli_atoms_without_topology_is_refused(ckpt, tmp_path):
-    with pytest.raises(SystemExit, match="baked only with --topology"):
-        main(["export", str(ckpt), "-o", str(tmp_path / "x.pt"), "--atoms", "resname ALA"])
+def test_cli_debug_shows_the_traceback(ckpt, tmp_path):
+    from transip_openmm.errors import UsageError
+
+    with pytest.raises(UsageError, match="baked only with --topology"):
+        main(["--debug", "export", str(ckpt), "-o", str(tmp_path / "x.pt"), "--atoms", "resname ALA"])
 
 
 def test_cli_frame_average_is_invariant_to_cube_rotations(ckpt, tmp_path):
