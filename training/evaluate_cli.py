@@ -10,6 +10,7 @@ a module without them must have been baked for the structures' exact atoms.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import logging
 from pathlib import Path
@@ -19,12 +20,18 @@ import numpy as np
 import torch
 from transip_openmm.training.batching import Batch
 
+from transip_openmm.training.dataset import DataError
+
 from transip_openmm.artifacts import (
+    TORCHSCRIPT,
     ArtifactError,
     load_checkpoint,
     model_from_checkpoint,
     read_exported_metadata,
+    torch_file_kind,
 )
+from transip_openmm.atomic_io import atomic_write_text
+from transip_openmm.errors import UsageError
 from transip_openmm.units import ANGSTROM_TO_NM, EV_PER_ANGSTROM_TO_KJ_PER_MOL_NM, EV_TO_KJ_PER_MOL
 
 logger = logging.getLogger(__name__)
@@ -32,7 +39,8 @@ logger = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, help="training checkpoint or exported TorchScript model")
-    parser.add_argument("data", type=Path, nargs="+", help="data files (.aselmdb, .xyz, .hdf5)")
+    parser.add_argument("data", type=Path, nargs="+",
+                        help="data files (.aselmdb, .xyz, .extxyz, .hdf5), folders of them, or glob patterns")
     parser.add_argument("--json", type=Path, required=True, help="write the metrics here")
     parser.add_argument("--plot", type=Path, default=None, help="energy/force parity plot (PNG)")
     parser.add_argument("--rotation-structures", type=int, default=20,
@@ -78,7 +86,7 @@ class ExportedPredictor:
             e, f = out if isinstance(out, (tuple, list)) else (out, None)
             if f is None:
                 raise ArtifactError(f"{self.path} returns no forces")
-            energies[k] = float(e) / EV_TO_KJ_PER_MOL
+            energies[k] = float(e.detach()) / EV_TO_KJ_PER_MOL
             forces[k, :na] = f.detach().cpu().double().numpy() / EV_PER_ANGSTROM_TO_KJ_PER_MOL_NM
         return energies, forces
 
@@ -87,26 +95,52 @@ def load_predictor(path: Path, device: str = "cpu", use_ema: bool = True):
     """(predictor, elements or None, description) for a checkpoint or exported file."""
     from transip_openmm.training.evaluate import ModelPredictor
 
-    try:
-        data = load_checkpoint(path)
-    except ArtifactError as ckpt_error:
-        try:
-            pred = ExportedPredictor(path, device)
-        except ArtifactError as export_error:
-            raise ArtifactError(f"{path} is neither a checkpoint ({ckpt_error}) nor an exported model "
-                                f"({export_error})") from export_error
+    if not Path(path).is_file():
+        raise ArtifactError(f"model file {path} does not exist")
+    if torch_file_kind(Path(path)) == TORCHSCRIPT:
+        pred = ExportedPredictor(path, device)
         return pred, pred.meta.get("elements"), {"kind": "exported", "metadata": pred.meta}
+    data = load_checkpoint(path)  # refuses text, truncated and foreign files with one line
     model = model_from_checkpoint(data, use_ema=use_ema).to(device)
     info = {"kind": "checkpoint", "step": data.get("step"), "symmetry": data.get("symmetry"), "checkpoint": data}
     return ModelPredictor(model, device=device), data["elements"], info
+
+
+#: suffixes of the data files a folder given as DATA contributes
+DATA_SUFFIXES = (".aselmdb", ".xyz", ".extxyz", ".h5", ".hdf5")
+
+
+def expand_data_paths(items: List[Path]) -> List[Path]:
+    """Data files named by DATA arguments: files as given, a folder's data files (sorted), and
+    the matches of a glob pattern the shell left unexpanded (e.g. quoted)."""
+    files: List[Path] = []
+    for item in items:
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.suffix.lower() in DATA_SUFFIXES and p.is_file())
+            if not found:
+                raise DataError(f"data folder {item} holds no {', '.join(DATA_SUFFIXES)} file")
+        elif glob.has_magic(str(item)):
+            found = sorted(Path(p) for p in glob.glob(str(item)) if Path(p).is_file())
+            if not found:
+                raise DataError(f"no data file matches {item}")
+        elif not item.is_file():
+            raise DataError(f"data file {item} does not exist")
+        else:
+            found = [item]
+        files.extend(found)
+    return files
 
 
 def run(args: argparse.Namespace) -> int:
     from transip_openmm.training.evaluate import evaluate, predict
     from transip_openmm.training.readers import read_datasets
 
+    for name in ("rotation_structures", "max_atoms", "rotations"):
+        if getattr(args, name) < (0 if name == "rotation_structures" else 1):
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    data_files = expand_data_paths(args.data)
     predictor, elements, info = load_predictor(args.model, args.device, use_ema=not args.no_ema)
-    dataset = read_datasets(args.data, elements)
+    dataset = read_datasets(data_files, elements)
     with torch.inference_mode(False):
         result = evaluate(predictor, dataset, args.max_atoms, args.rotation_structures, args.rotations,
                           args.seed, progress=True)
@@ -116,11 +150,10 @@ def run(args: argparse.Namespace) -> int:
         latent = latent_equivariance_error(info["checkpoint"], dataset, args.rotation_structures)
         if latent is not None:
             result["latent_equiv_err_rel"] = latent
-    result = {**result, "model": str(args.model), "data": [str(p) for p in args.data],
+    result = {**result, "model": str(args.model), "data": [str(p) for p in data_files],
               "model_info": {k: v for k, v in info.items() if k not in ("metadata", "checkpoint")}}
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(result, f, indent=2)
+    atomic_write_text(args.json, json.dumps(result, indent=2))
     if args.plot is not None:
         from transip_openmm.training.plots import plot_parity
 
