@@ -33,6 +33,11 @@ class BackendError(TransIPError, RuntimeError):
     """The requested backend cannot run here."""
 
 
+class ModelInputError(TransIPError, ValueError):
+    """The model refused what OpenMM gave it (NaN positions, a box too small for its cutoff, an ML
+    region too wide for its box) or returned a non-finite energy."""
+
+
 def make_force(
     module: torch.jit.ScriptModule,
     ml_indices: Sequence[int],
@@ -55,6 +60,8 @@ def make_force(
             logger.info("TransIP backend: torch (openmm-torch TorchForce)")
         else:
             logger.info("TransIP backend: python (openmm.PythonForce); openmm-torch unusable: %s", reason)
+    if use_cuda_graphs:
+        check_capturable(module, len(ml_indices))
     if backend == "torch":
         ok, reason = torch_backend_available()
         if not ok:
@@ -69,6 +76,10 @@ def make_torch_force(module: torch.jit.ScriptModule, periodic: bool, use_cuda_gr
 
     if use_cuda_graphs:
         module.check_finite = False  # a host sync is not allowed inside a captured graph
+        if hasattr(module, "use_capture_safe"):
+            # Static shapes; the neighbour capacity is fitted in openmm-torch's warm-up call. An
+            # overflow inside the graph cannot be refitted here: energy and forces turn NaN.
+            module.use_capture_safe(True)
     force = openmmtorch.TorchForce(module, {"useCUDAGraphs": "true" if use_cuda_graphs else "false"})
     force.setOutputsForces(True)
     force.setUsesPeriodicBoundaryConditions(bool(periodic))
@@ -126,13 +137,15 @@ class TorchScriptComputation:
             self._module = torch.jit.load(io.BytesIO(self.module_bytes), map_location=self.device)
             if self.use_cuda_graphs:
                 self._module.check_finite = False  # checked on the host instead
+                if hasattr(self._module, "use_capture_safe"):
+                    self._module.use_capture_safe(True)
         return self._module
 
     def __call__(self, state: openmm.State) -> Tuple[float, np.ndarray]:
         positions = state.getPositions(asNumpy=True).value_in_unit(openmm.unit.nanometer)
         if not np.isfinite(positions).all():
             bad = np.where(~np.isfinite(positions).all(axis=1))[0]
-            raise ValueError(f"TransIP: particle positions contain NaN or infinity (ML atoms {bad[:10].tolist()})")
+            raise ModelInputError(f"TransIP: particle positions contain NaN or infinity (ML atoms {bad[:10].tolist()})")
         box = None
         if self.periodic:
             box = torch.as_tensor(
@@ -140,25 +153,63 @@ class TorchScriptComputation:
                 device=self.device,
             )
         pos = torch.as_tensor(np.asarray(positions), device=self.device)
-        if self.use_cuda_graphs:
-            energy, forces = self._replay(pos, box)
-        else:
-            energy, forces = self.module.ml_energy_forces(pos, box)
+        try:
+            if self.use_cuda_graphs:
+                energy, forces = self._replay(pos, box)
+            else:
+                energy, forces = self.module.ml_energy_forces(pos, box)
+        except torch.jit.Error as exc:  # the module's own checks (ValueError inside TorchScript)
+            raise ModelInputError(_script_error_message(exc)) from exc
         energy_value = float(energy)
         forces_np = forces.detach().cpu().numpy()
         if not (np.isfinite(energy_value) and np.isfinite(forces_np).all()):
-            raise ValueError("TransIP: the model returned a non-finite energy or forces")
+            raise ModelInputError("TransIP: the model returned a non-finite energy or forces (atoms too close, "
+                                  "or far outside the training data?)")
         return energy_value, forces_np
 
     def _replay(self, pos: torch.Tensor, box: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        if self._graph is None or self._graph[1].shape != pos.shape:
-            self._graph = _capture(self.module, pos, box)
-        graph, static_pos, static_box, static_energy, static_forces = self._graph
-        static_pos.copy_(pos)
-        if box is not None:
-            static_box.copy_(box)
-        graph.replay()
+        """Copy the inputs into the captured graph and replay it. A capture-safe neighbour list
+        that overflowed (a denser structure than the one its capacity was fitted on) or met an
+        invalid box is found here, after the replay: the capacity is refitted on these positions
+        (an invalid box raises) and the graph captured again."""
+        for attempt in range(2):
+            if self._graph is None or self._graph[1].shape != pos.shape:
+                self._graph = _capture(self.module, pos, box)
+            graph, static_pos, static_box, static_energy, static_forces = self._graph
+            static_pos.copy_(pos)
+            if box is not None:
+                static_box.copy_(box)
+            graph.replay()
+            if attempt == 1 or not self.module.neighbor_overflow():
+                break
+            logger.warning("TransIP: the neighbour list outgrew its capacity (a denser structure); "
+                           "refitting it and capturing the CUDA graph again")
+            self.module.fit_neighbor_capacity(pos, box)
+            self._graph = None
         return static_energy, static_forces
+
+
+def check_capturable(module: torch.jit.ScriptModule, n_ml: int) -> None:
+    """Refuse CUDA graphs for a model file whose neighbour list cannot be captured: a local-attention
+    model exported before capture-safe evaluation existed, run on enough atoms for its neighbour list."""
+    model = getattr(module, "model", None)
+    if hasattr(module, "use_capture_safe") or model is None or not getattr(model, "use_attention_cutoff", False):
+        return
+    if n_ml >= int(getattr(model, "neighbor_list_min_atoms", n_ml + 1)):
+        raise BackendError(
+            f"use_cuda_graphs=True: this model file was exported before capture-safe neighbour lists, and its "
+            f"local-attention neighbour list for {n_ml} ML atoms has data-dependent shapes that a CUDA graph "
+            "cannot hold; re-export the model with this version (transip export CHECKPOINT -o model.pt, or "
+            "transip_openmm.export.wrapper.rebuild_exported for an exported file) or use use_cuda_graphs=False")
+
+
+def _script_error_message(exc: torch.jit.Error) -> str:
+    """The ``TransIP: ...`` line of an error raised inside a TorchScript module (else the last line)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if "TransIP:" in line or "cutoff" in line:
+            return line.split("Error: ", 1)[-1] if line.startswith(("ValueError", "RuntimeError")) else line
+    return lines[-1] if lines else repr(exc)
 
 
 def _capture(module: torch.jit.ScriptModule, pos: torch.Tensor, box: Optional[torch.Tensor]):

@@ -74,7 +74,7 @@ def _rows(t: Tensor) -> List[List[float]]:
     return out
 
 
-def _fmt(x: float, digits: int) -> str:
+def format_decimal(x: float, digits: int) -> str:
     """``x`` rounded to ``digits`` decimals, trailing zeros dropped (TorchScript's ``str(float)``
     prints 17 significant digits)."""
     scale = 1
@@ -113,14 +113,14 @@ def check_cell(cell: Tensor, cutoff: float) -> None:
     widths, volume = _perpendicular_widths(c)
     if not volume > 0.0:
         raise ValueError("periodic cell must have a positive volume (right-handed a, b, c), got {} Å^3".format(
-            _fmt(volume, 6)))
+            format_decimal(volume, 6)))
     width = float(widths.min())
     if cutoff > 0.5 * width:
-        shown = ", ".join([_fmt(w, 3) for w in _floats(widths)])
+        shown = ", ".join([format_decimal(w, 3) for w in _floats(widths)])
         raise ValueError(
             "cutoff {} Å is more than half the smallest perpendicular width of the periodic box ({} Å): "
             "the box must be at least twice the cutoff wide (widths {} Å)".format(
-                _fmt(cutoff, 6), _fmt(width, 6), shown))
+                format_decimal(cutoff, 6), format_decimal(width, 6), shown))
 
 
 def cell_widths(cell: Tensor) -> Tensor:

@@ -113,3 +113,119 @@ def test_exported_metadata_says_the_model_sees_periodic_images(relative64, gener
 
     assert "sees the periodic images" in read_exported_metadata(relative64)["interface"]["periodic"]
     assert "made whole" in read_exported_metadata(generic64)["interface"]["periodic"]
+
+
+# ---------------------------------------------------------------- capture-safe exported module
+
+
+def specialised(path, topology, atoms=None):
+    """A loaded exported module specialised to ``topology`` (the ML atoms ``atoms``, default all)."""
+    from transip_openmm.force import load_exported
+    from transip_openmm.system_spec import build_spec, specialise_module
+
+    module, meta = load_exported(path)
+    return specialise_module(module, build_spec(topology, atoms, 0, 1, meta["elements"], str(path))), meta
+
+
+def module_energy_forces(module, pos_nm: np.ndarray, box_nm: np.ndarray):
+    energy, forces = module(torch.tensor(pos_nm), torch.tensor(box_nm))
+    return float(energy), forces.numpy()
+
+
+def test_capture_safe_module_matches_data_shaped_module(water_box, relative64):
+    """The exported wrapper in capture-safe mode (static neighbour list fitted on its first call)
+    gives the data-shaped path's energy and forces, with and without the host checks."""
+    topology, pos = water_box
+    reference, _ = specialised(relative64, topology)
+    e_ref, f_ref = module_energy_forces(reference, pos, TRICLINIC_NM)
+    for check_finite in (True, False):
+        module, _ = specialised(relative64, topology)
+        module.check_finite = check_finite
+        assert module.use_capture_safe(True)
+        assert module.model.max_neighbors == 0
+        e, f = module_energy_forces(module, pos, TRICLINIC_NM)
+        assert module.model.max_neighbors > 0 and not module.neighbor_overflow()
+        assert e == pytest.approx(e_ref, abs=1e-8)
+        np.testing.assert_allclose(f, f_ref, atol=1e-8)
+
+
+def test_capture_safe_module_overflow_is_refitted_or_poisoned(water_box, relative64):
+    """Capacity fitted on an expanded (sparse) copy of the box; then the real, denser box. With host
+    checks the module refits and evaluates again (exact result); inside a graph (no host checks)
+    energy and forces come back NaN and ``neighbor_overflow`` says why, for the caller to refit."""
+    topology, pos = water_box
+    reference, _ = specialised(relative64, topology)
+    e_ref, f_ref = module_energy_forces(reference, pos, TRICLINIC_NM)
+    for check_finite in (True, False):
+        module, _ = specialised(relative64, topology)
+        module.check_finite = check_finite
+        module.use_capture_safe(True)
+        module.capacity_margin = 0.0
+        module.fit_neighbor_capacity(torch.tensor(pos * 1.6), torch.tensor(TRICLINIC_NM * 1.6))
+        sparse_capacity = module.model.max_neighbors
+        e, f = module_energy_forces(module, pos, TRICLINIC_NM)
+        if check_finite:
+            assert module.model.max_neighbors > sparse_capacity and not module.neighbor_overflow()
+            assert e == pytest.approx(e_ref, abs=1e-8)
+            np.testing.assert_allclose(f, f_ref, atol=1e-8)
+        else:
+            assert module.neighbor_overflow()
+            assert np.isnan(e) and np.isnan(f).all()
+            module.fit_neighbor_capacity(torch.tensor(pos), torch.tensor(TRICLINIC_NM))
+            e, f = module_energy_forces(module, pos, TRICLINIC_NM)
+            assert e == pytest.approx(e_ref, abs=1e-8)
+
+
+def test_capture_safe_module_reports_a_box_too_small(water_box, relative64):
+    topology, pos = water_box
+    module, _ = specialised(relative64, topology)
+    module.use_capture_safe(True)
+    module_energy_forces(module, pos, TRICLINIC_NM)
+    with pytest.raises(torch.jit.Error, match="twice the cutoff"):
+        module_energy_forces(module, pos * 0.5, TRICLINIC_NM * 0.5)
+
+
+def test_rebuilt_shipped_local_model_is_the_same_function(water_box):
+    """``rebuild_exported`` puts the shipped local model's weights into this version's code: same
+    energies and forces as the shipped file, and it can be made capture-safe."""
+    from transip_openmm.export.wrapper import rebuild_exported
+
+    topology, pos = water_box
+    box = np.eye(3) * BOX_NM
+    shipped, meta = specialised("local", topology)
+    rebuilt = torch.jit.script(rebuild_exported(shipped, meta))
+    pos32, box32 = pos.astype(np.float32), box.astype(np.float32)
+    e0, f0 = module_energy_forces(shipped, pos32, box32)
+    e1, f1 = module_energy_forces(rebuilt, pos32, box32)
+    assert e1 == e0
+    np.testing.assert_array_equal(f1, f0)
+    rebuilt.use_capture_safe(True)
+    e2, f2 = module_energy_forces(rebuilt, pos32, box32)
+    assert e2 == pytest.approx(e0, abs=1e-3)  # float32: summation order differs
+    np.testing.assert_allclose(f2, f0, atol=1e-5 * np.abs(f0).max())
+
+
+# ---------------------------------------------------------------- make-whole path, region too wide
+
+
+def test_made_whole_region_wider_than_half_the_box_is_refused(water_box, generic64):
+    """A model without periodic support, given a box: an ML region spanning more than half the
+    smallest box width would make the potential jump; the run-time check names the fix."""
+    topology, pos = water_box
+    box = np.eye(3) * BOX_NM
+    d = pos[::3] - pos[0]
+    d -= BOX_NM * np.round(d / BOX_NM)  # minimum image of each water's O relative to the first
+    # Waters about 0.4 box to the right and to the left of the first, close to it in y and z.
+    right, left = (3 * int(np.argmin(np.abs(d[:, 0] - sign * 0.4 * BOX_NM) + np.abs(d[:, 1:]).sum(1)))
+                   for sign in (1.0, -1.0))
+    assert (d[right // 3, 0] - d[left // 3, 0]) > 0.55 * BOX_NM  # three waters: ~0.8 box across
+    for atoms, ok in (([0, 1, 2, right, right + 1, right + 2], True),
+                      ([0, 1, 2, right, right + 1, right + 2, left, left + 1, left + 2], False)):
+        module, _ = specialised(generic64, topology, atoms=atoms)
+        if ok:
+            module_energy_forces(module, pos, box)
+            continue
+        with pytest.raises(torch.jit.Error, match=r"spans .* more than half the smallest width.*'local' model"):
+            module_energy_forces(module, pos, box)
+        module.check_finite = False  # the check is a host read: not made inside a CUDA graph
+        module_energy_forces(module, pos, box)
