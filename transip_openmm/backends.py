@@ -180,7 +180,7 @@ class TorchScriptComputation:
             if box is not None:
                 static_box.copy_(box)
             graph.replay()
-            if attempt == 1 or not self.module.neighbor_overflow():
+            if attempt == 1 or not hasattr(self.module, "neighbor_overflow") or not self.module.neighbor_overflow():
                 break
             logger.warning("TransIP: the neighbour list outgrew its capacity (a denser structure); "
                            "refitting it and capturing the CUDA graph again")
