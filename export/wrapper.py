@@ -37,6 +37,7 @@ leaves energy and forces unchanged.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -60,6 +61,7 @@ class OpenMMTransIP(nn.Module):
         multiplicity: int = 1,
     ) -> None:
         super().__init__()
+        model = copy.deepcopy(model)  # the caller's model keeps its references (export never mutates it)
         self.model = model
         # Per-element reference energies (eV) are added in float64 here rather than inside a
         # float32 model: their sum (~1e6 kJ/mol) would otherwise round the energy to ~0.1 kJ/mol.

@@ -204,8 +204,10 @@ def analyze_run(run_dir: Path, out: Path) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     run_dir = args.run_dir
     if not (run_dir / "state_data.csv").exists():
-        logger.error("%s is not a simulation run directory (no state_data.csv)", run_dir)
-        return 1
+        from transip_openmm.simulations.runner import SimulationError
+
+        raise SimulationError(f"{run_dir} is not a simulation run directory (no state_data.csv): give the "
+                              "--output folder of `transip simulate`")
     out = args.output or run_dir / "analysis"
     summary = analyze_run(run_dir, out)
     print(f"summary: {out / 'summary.json'}")
