@@ -1,8 +1,12 @@
-"""The one dataset type of the training code: labelled molecules in model units.
+"""The dataset interface of the training code: labelled molecules in model units.
 
-Every reader returns a :class:`MoleculeDataset`. Units: positions Å, energy eV,
-forces eV/Å, charge in e, multiplicity 2S+1. Each record remembers the file and the
-record index it came from, so a bad record can be reported precisely.
+Every reader returns a :class:`MoleculeDataset` (records in memory); OMol25-layout
+``.aselmdb`` shards can also be opened lazily as a
+:class:`~transip_openmm.training.shards.ShardedDataset` (an index in memory, records decoded
+on demand). Both offer the :class:`LabelledDataset` interface the trainer consumes, and
+:class:`ConcatDataset` joins any of them. Units: positions Å, energy eV, forces eV/Å,
+charge in e, multiplicity 2S+1. Each record remembers the file and the record index it
+came from, so a bad record can be reported precisely.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from dataclasses import dataclass, field
-from typing import Iterable, List, Optional, Sequence
+from typing import Iterable, Iterator, List, Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -31,6 +35,7 @@ class Molecule:
     source file and record index for error messages. ``has_energy`` False: a record
     whose energy is at another level of theory than the training set's references
     (force-only data); its energy takes no part in losses, references or metrics.
+    ``level_of_theory``: the label's method/basis when the file states it ("" if not).
     """
 
     numbers: np.ndarray
@@ -43,6 +48,7 @@ class Molecule:
     source: str = "<memory>"
     index: int = 0
     has_energy: bool = True
+    level_of_theory: str = ""
 
     @property
     def n_atoms(self) -> int:
@@ -89,6 +95,40 @@ def validate_molecule(mol: Molecule, elements: Optional[Sequence[int]] = None) -
         raise DataError(f"{where}: total charge {mol.charge} outside ±{MAX_ABS_CHARGE}")
     if not 1 <= int(mol.multiplicity) <= MAX_MULTIPLICITY:
         raise DataError(f"{where}: multiplicity {mol.multiplicity} outside 1..{MAX_MULTIPLICITY}")
+
+
+@runtime_checkable
+class LabelledDataset(Protocol):
+    """What the trainer, the batch sampler and the evaluator need of a dataset.
+
+    ``dataset[i]`` decodes record i into a :class:`Molecule`; ``n_atoms`` (M,) int64 is
+    known without decoding (the sampler packs batches from it).
+    """
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int) -> Molecule: ...
+
+    def __iter__(self) -> Iterator[Molecule]: ...
+
+    @property
+    def n_atoms(self) -> np.ndarray: ...
+
+    @property
+    def elements(self) -> List[int]: ...
+
+    @property
+    def families(self) -> List[str]: ...
+
+    def subset(self, indices: Sequence[int]) -> "LabelledDataset": ...
+
+    def with_energies(self) -> "LabelledDataset": ...
+
+    def without_energies(self) -> "LabelledDataset": ...
+
+    def validate(self, elements: Optional[Sequence[int]] = None) -> None: ...
+
+    def content_hash(self) -> str: ...
 
 
 @dataclass
@@ -152,3 +192,71 @@ class MoleculeDataset:
             h.update(np.ascontiguousarray(m.forces, dtype=np.float64).tobytes())
             h.update(np.array([m.charge, m.multiplicity, int(m.has_energy)], dtype=np.int64).tobytes())
         return h.hexdigest()
+
+
+class ConcatDataset:
+    """Several :class:`LabelledDataset` parts seen as one (e.g. lazy shards + a force-only extxyz)."""
+
+    def __init__(self, parts: Sequence[LabelledDataset]) -> None:
+        self.parts = list(parts)
+        self._offsets = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def __getitem__(self, i: int) -> Molecule:
+        i = int(i)
+        if not 0 <= i < len(self):
+            raise IndexError(f"record {i} outside 0..{len(self) - 1}")
+        part = int(np.searchsorted(self._offsets, i, side="right")) - 1
+        return self.parts[part][i - int(self._offsets[part])]
+
+    def __iter__(self) -> Iterator[Molecule]:
+        for part in self.parts:
+            yield from part
+
+    @property
+    def n_atoms(self) -> np.ndarray:
+        return np.concatenate([np.asarray(p.n_atoms, dtype=np.int64) for p in self.parts])
+
+    @property
+    def elements(self) -> List[int]:
+        return sorted(set().union(*(p.elements for p in self.parts)))
+
+    @property
+    def families(self) -> List[str]:
+        return [f for p in self.parts for f in p.families]
+
+    def subset(self, indices: Sequence[int]) -> "ConcatDataset":
+        indices = np.asarray(indices, dtype=np.int64)
+        part_of = np.searchsorted(self._offsets, indices, side="right") - 1
+        if np.any(np.diff(part_of) < 0):
+            raise ValueError("a subset of a ConcatDataset must keep the parts' order")
+        return ConcatDataset([p.subset(indices[part_of == k] - self._offsets[k])
+                              for k, p in enumerate(self.parts)])
+
+    def with_energies(self) -> "ConcatDataset":
+        return ConcatDataset([p.with_energies() for p in self.parts])
+
+    def without_energies(self) -> "ConcatDataset":
+        return ConcatDataset([p.without_energies() for p in self.parts])
+
+    def validate(self, elements: Optional[Sequence[int]] = None) -> None:
+        for p in self.parts:
+            p.validate(elements)
+
+    def content_hash(self) -> str:
+        h = hashlib.sha256()
+        for p in self.parts:
+            h.update(p.content_hash().encode())
+        return h.hexdigest()
+
+
+def concatenate(parts: Sequence[LabelledDataset]) -> LabelledDataset:
+    """Join datasets: one :class:`MoleculeDataset` if every part is in memory, else a :class:`ConcatDataset`."""
+    parts = [p for p in parts if len(p) > 0] or list(parts[:1])
+    if all(isinstance(p, MoleculeDataset) for p in parts):
+        return MoleculeDataset.concatenate(parts)
+    if len(parts) == 1:
+        return parts[0]
+    return ConcatDataset(parts)

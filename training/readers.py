@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 from transip_openmm.training.dataset import DataError, Molecule, MoleculeDataset, validate_molecule
+from transip_openmm.training.shards import iter_shard, omol25_family  # noqa: F401 (omol25_family re-exported)
 
 from transip_openmm.units import (
     BOHR_TO_ANGSTROM,
@@ -29,59 +30,14 @@ PathLike = Union[str, Path]
 CHARGE_KEYS = ("charge", "total_charge", "total_charge_e")
 MULTIPLICITY_KEYS = ("multiplicity", "spin", "spin_multiplicity")
 
-_CHARGE_SPIN_SUFFIX = re.compile(r"_(-?\d+)_(\d+)$")
-_CHEMBL = re.compile(r"CHEMBL\d+")
-
-
-def omol25_family(source: str) -> str:
-    """Family key of an OMol25 record from its ``source`` path.
-
-    The key is the source folder name without its trailing ``_<charge>_<spin>``; for
-    ``orbnet_*`` entries the CHEMBL id when present. Prefixed with the sub-set name.
-    """
-    parts = [p for p in source.split("/") if p]
-    subset = parts[0] if parts else ""
-    folder = parts[1] if len(parts) > 1 else subset
-    if subset.startswith("orbnet"):
-        match = _CHEMBL.search(folder)
-        if match:
-            return f"{subset}/{match.group(0)}"
-    return f"{subset}/{_CHARGE_SPIN_SUFFIX.sub('', folder)}"
-
-
 def read_aselmdb(path: PathLike, elements: Optional[Sequence[int]] = None) -> MoleculeDataset:
-    """Read an OMol25 ASE-DB/LMDB file (needs ``ase-db-backends``)."""
-    from ase.db import connect
-
+    """Read an OMol25 ASE-DB/LMDB file into memory (the records of :class:`ShardedDataset`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist")
-    db = connect(str(path), type="aselmdb", readonly=True)
-    mols = []
-    for index, row in enumerate(db.select()):
-        atoms = row.toatoms()
-        data: Dict[str, Any] = dict(row.data) if row.get("data") is not None else {}
-        try:
-            energy = float(atoms.get_potential_energy())
-            forces = np.asarray(atoms.get_forces(), dtype=np.float64)
-        except Exception as exc:  # no calculator / missing property
-            raise DataError(f"{path}, record {index}: no energy or forces ({exc})") from exc
-        if "charge" not in data or "spin" not in data:
-            raise DataError(f"{path}, record {index}: row.data lacks 'charge' or 'spin'")
-        source = str(data.get("source", f"{path.name}:{index}"))
-        mol = Molecule(
-            numbers=np.asarray(atoms.numbers, dtype=np.int64),
-            positions=np.asarray(atoms.positions, dtype=np.float64),
-            energy=energy,
-            forces=forces,
-            charge=int(data["charge"]),
-            multiplicity=int(data["spin"]),
-            family=omol25_family(source),
-            source=str(path),
-            index=index,
-        )
+    mols = list(iter_shard(path))
+    for mol in mols:
         validate_molecule(mol, elements)
-        mols.append(mol)
     logger.info("read %d structures from %s", len(mols), path)
     return MoleculeDataset(mols)
 

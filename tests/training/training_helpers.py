@@ -41,3 +41,31 @@ def write_tiny_config(tmp_path: Path, symmetry: str = "none", max_steps: int = 3
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def write_shards(folder: Path, n_shards: int = 2, per_shard: int = 12, level_of_theory: str = "",
+                 seed: int = 0) -> Path:
+    """``.aselmdb`` shards in the OMol25 layout from acac_mini records, each copy displaced
+    by up to 0.02 Å and given its own family (``source``); returns ``folder``."""
+    import numpy as np
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.db import connect
+    from transip_openmm.training.readers import read_dataset
+
+    base = read_dataset(TEST_DATA / "acac_mini.xyz")
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    k = 0
+    for s in range(n_shards):
+        with connect(str(folder / f"shard{s:03d}.aselmdb"), type="aselmdb") as db:
+            for _ in range(per_shard):
+                mol = base[k % len(base)]
+                atoms = Atoms(numbers=mol.numbers, positions=mol.positions + rng.uniform(-0.02, 0.02, (mol.n_atoms, 3)))
+                atoms.calc = SinglePointCalculator(atoms, energy=mol.energy, forces=mol.forces)
+                data = {"charge": 0, "spin": 1, "source": f"synthetic/acac{k // 3:04d}_0_1/orca.tar.zst"}
+                if level_of_theory:
+                    data["level_of_theory"] = level_of_theory
+                db.write(atoms, data=data)
+                k += 1
+    return folder

@@ -1,0 +1,84 @@
+"""The lazy sharded dataset: same records as the in-memory reader, a cached index that
+follows its shards, level of theory read when present."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from training_helpers import TEST_DATA, write_shards
+from transip_openmm.training import shards as shards_mod
+from transip_openmm.training.dataset import ConcatDataset, DataError
+from transip_openmm.training.readers import read_dataset, read_datasets
+from transip_openmm.training.shards import INDEX_DIR, ShardedDataset, find_shards, index_locations
+
+
+def _same(a, b):
+    assert (a.numbers == b.numbers).all() and (a.positions == b.positions).all()
+    assert a.energy == b.energy and (a.forces == b.forces).all()
+    assert (a.charge, a.multiplicity, a.family, a.source, a.index) == (b.charge, b.multiplicity, b.family,
+                                                                       b.source, b.index)
+
+
+def test_lazy_records_equal_the_in_memory_reader(tmp_path):
+    folder = write_shards(tmp_path / "data", n_shards=3, per_shard=5)
+    shutil.copy(TEST_DATA / "omol25_mini.aselmdb", folder / "zz_omol25_mini.aselmdb")
+    lazy = ShardedDataset(folder)
+    memory = read_datasets(find_shards(folder))
+    assert len(lazy) == len(memory) == 15 + 8
+    np.testing.assert_array_equal(lazy.n_atoms, memory.n_atoms)
+    assert lazy.families == memory.families and lazy.elements == memory.elements
+    for i in range(len(lazy)):
+        _same(lazy[i], memory[i])
+    part = lazy.subset([20, 3, 7])
+    assert len(part) == 3 and part.elements == memory.subset([20, 3, 7]).elements
+    _same(part[0], memory[20])
+    assert part.content_hash() == lazy.subset([20, 3, 7]).content_hash() != lazy.subset([3, 7, 20]).content_hash()
+    force_only = part.without_energies()
+    assert not any(m.has_energy for m in force_only) and len(force_only.with_energies()) == 0
+    with pytest.raises(DataError, match=r"zz_omol25_mini\.aselmdb, record 0: element"):
+        lazy.validate([1, 6, 8])
+
+
+def test_paths_globs_and_lists(tmp_path):
+    folder = write_shards(tmp_path / "data", n_shards=3, per_shard=2)
+    assert len(ShardedDataset(str(folder / "shard00[02].aselmdb"))) == 4
+    assert len(ShardedDataset([folder / "shard001.aselmdb", folder / "shard000.aselmdb"])) == 4
+    with pytest.raises(DataError, match="no .aselmdb shard"):
+        ShardedDataset(tmp_path / "empty*.aselmdb")
+
+
+def test_index_is_built_once_and_follows_its_shard(tmp_path, monkeypatch):
+    folder = write_shards(tmp_path / "data", n_shards=2, per_shard=4)
+    built = []
+    real_build = shards_mod.build_index
+    monkeypatch.setattr(shards_mod, "build_index", lambda shard: built.append(shard.name) or real_build(shard))
+    ShardedDataset(folder)
+    assert sorted(built) == ["shard000.aselmdb", "shard001.aselmdb"]
+    assert (folder / INDEX_DIR / "shard000.aselmdb.npz").is_file()
+    ShardedDataset(folder)
+    assert len(built) == 2  # cached
+    write_shards(tmp_path / "other", n_shards=1, per_shard=6, seed=1)
+    shutil.copy(tmp_path / "other" / "shard000.aselmdb", folder / "shard000.aselmdb")  # the shard changes
+    data = ShardedDataset(folder)
+    assert built[2:] == ["shard000.aselmdb"] and len(data) == 10
+    assert np.allclose(data[0].positions, read_dataset(tmp_path / "other" / "shard000.aselmdb")[0].positions)
+
+
+def test_index_goes_to_the_user_cache_when_the_data_folder_is_not_writable(tmp_path, monkeypatch):
+    folder = write_shards(tmp_path / "data", n_shards=1, per_shard=3)
+    (folder / INDEX_DIR).write_text("a file where the cache folder would go: the folder cannot be made")
+    monkeypatch.setenv("TRANSIP_CACHE_DIR", str(tmp_path / "cache"))
+    assert len(ShardedDataset(folder)) == 3
+    beside, user = index_locations(folder / "shard000.aselmdb")
+    assert not beside.exists() and user.is_file() and user.is_relative_to(tmp_path / "cache")
+
+
+def test_level_of_theory_is_read_when_present(tmp_path):
+    plain = ShardedDataset(write_shards(tmp_path / "a", n_shards=1, per_shard=2))
+    xtb = ShardedDataset(write_shards(tmp_path / "b", n_shards=1, per_shard=2, level_of_theory="GFN2-xTB"))
+    assert plain.levels_of_theory == [""] and plain[0].level_of_theory == ""
+    assert xtb.levels_of_theory == ["GFN2-xTB"] and xtb[1].level_of_theory == "GFN2-xTB"
+    both = ConcatDataset([plain, xtb])
+    assert len(both) == 4 and both[3].level_of_theory == "GFN2-xTB" and both.elements == [1, 6, 8]

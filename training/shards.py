@@ -1,0 +1,462 @@
+"""Lazy dataset over OMol25-layout ``.aselmdb`` shards: an index in memory, records decoded on demand.
+
+A shard is an ASE database in LMDB (the format of the OMol25 release and of the project's
+generated data; ``ase.db.connect(path, type="aselmdb")`` reads the same files). Each
+record is a zlib-compressed JSON row with ``numbers``, ``positions`` (Å), ``energy`` (eV),
+``forces`` (eV/Å) and ``data`` holding ``charge``, ``spin`` (the multiplicity), ``source``
+(the family key is derived from it) and, in generated shards, ``level_of_theory``.
+
+The index of a shard (record id, atom count, family, charge, multiplicity, level of theory
+and the set of elements of every record; ~40 bytes a record) is built by one pass over the
+shard and cached beside it in ``.transip-index/<shard>.npz``; a cache whose shard changed
+(size and mtime, or, when only the mtime differs, a digest of the first and last MiB) is
+rebuilt. Where the data directory is read-only the cache goes to the user cache directory
+(``$TRANSIP_CACHE_DIR``, else ``$XDG_CACHE_HOME/transip-openmm``, else
+``~/.cache/transip-openmm``). Records are decoded from the shard on every access; LMDB
+environments are opened lazily in each process, so DataLoader workers open their own.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from transip_openmm.training.dataset import DataError, Molecule, MoleculeDataset, validate_molecule
+
+from transip_openmm.model import MAX_ATOMIC_NUMBER
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+
+SHARD_SUFFIX = ".aselmdb"
+#: Version of the cached index layout; a cache of another version is rebuilt.
+INDEX_VERSION = 1
+INDEX_DIR = ".transip-index"
+_DIGEST_BYTES = 1 << 20
+_CHARGE_SPIN_SUFFIX = re.compile(r"_(-?\d+)_(\d+)$")
+_CHEMBL = re.compile(r"CHEMBL\d+")
+
+
+def omol25_family(source: str) -> str:
+    """Family key of an OMol25 record from its ``source`` path.
+
+    The key is the source folder name without its trailing ``_<charge>_<spin>``; for
+    ``orbnet_*`` entries the CHEMBL id when present. Prefixed with the sub-set name.
+    """
+    parts = [p for p in source.split("/") if p]
+    subset = parts[0] if parts else ""
+    folder = parts[1] if len(parts) > 1 else subset
+    if subset.startswith("orbnet"):
+        match = _CHEMBL.search(folder)
+        if match:
+            return f"{subset}/{match.group(0)}"
+    return f"{subset}/{_CHARGE_SPIN_SUFFIX.sub('', folder)}"
+
+
+def find_shards(spec: Union[PathLike, Sequence[PathLike]]) -> List[Path]:
+    """The ``.aselmdb`` files named by ``spec``: files, directories (their ``*.aselmdb``,
+    sorted) or glob patterns, in the order given. Raises :class:`DataError` if one matches
+    nothing."""
+    items = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    shards: List[Path] = []
+    for item in items:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = sorted(path.glob(f"*{SHARD_SUFFIX}"))
+        elif path.is_file():
+            found = [path]
+        elif glob.has_magic(str(item)):
+            found = sorted(Path(p) for p in glob.glob(str(path)) if Path(p).is_file())
+        else:
+            found = []
+        if not found:
+            raise DataError(f"{item}: no {SHARD_SUFFIX} shard found (expected a file, a directory or a glob)")
+        shards.extend(found)
+    return shards
+
+
+def is_shard_spec(item: PathLike) -> bool:
+    """True for an ``.aselmdb`` file, a directory, or a glob pattern (a sharded-data path)."""
+    path = Path(item).expanduser()
+    return path.suffix.lower() == SHARD_SUFFIX or path.is_dir() or glob.has_magic(str(item))
+
+
+# ---------------------------------------------------------------------------- records
+
+#: LMDB environments open in this process, by resolved shard path (LMDB allows one per file
+#: and process); a forked process starts afresh.
+_ENVS: Dict[str, Any] = {}
+_ENVS_PID = [os.getpid()]
+
+
+def _env_for(path: Path):
+    """The read-only LMDB environment of a shard, opened once per process."""
+    import lmdb
+
+    if _ENVS_PID[0] != os.getpid():  # inherited handles must not be used after a fork
+        _ENVS.clear()
+        _ENVS_PID[0] = os.getpid()
+    key = str(Path(path).resolve())
+    env = _ENVS.get(key)
+    if env is None:
+        env = _ENVS[key] = lmdb.open(key, subdir=False, readonly=True, lock=False, readahead=False,
+                                     meminit=False, max_readers=1024)
+    return env
+
+
+def _close_env(path: Path) -> None:
+    """Close this process's environment of a shard (before re-reading a changed file)."""
+    env = _ENVS.pop(str(Path(path).resolve()), None) if _ENVS_PID[0] == os.getpid() else None
+    if env is not None:
+        env.close()
+
+
+def _decode_row(raw: bytes) -> Dict[str, Any]:
+    from ase_db_backends.aselmdb import decode_bytestream
+
+    return decode_bytestream(raw, decompress=True, json_decode=True)
+
+
+def record_to_molecule(row: Dict[str, Any], shard: Path, index: int) -> Molecule:
+    """A decoded row as a :class:`Molecule` (not yet validated); ``index`` is its position in the shard."""
+    where = f"{shard}, record {index}"
+    data = row.get("data") or {}
+    if "energy" not in row or "forces" not in row:
+        raise DataError(f"{where}: no energy or forces")
+    if "charge" not in data or "spin" not in data:
+        raise DataError(f"{where}: row.data lacks 'charge' or 'spin'")
+    source = str(data.get("source", f"{shard.name}:{index}"))
+    return Molecule(
+        numbers=np.asarray(row["numbers"], dtype=np.int64),
+        positions=np.asarray(row["positions"], dtype=np.float64),
+        energy=float(row["energy"]),
+        forces=np.asarray(row["forces"], dtype=np.float64),
+        charge=int(data["charge"]),
+        multiplicity=int(data["spin"]),
+        family=omol25_family(source),
+        source=str(shard),
+        index=index,
+        level_of_theory=str(data.get("level_of_theory", "")),
+    )
+
+
+def _record_ids(txn) -> np.ndarray:
+    """Sorted integer ids of the records of an open shard (reserved keys skipped)."""
+    ids = [int(k) for k in txn.cursor().iternext(keys=True, values=False) if k.isdigit()]
+    return np.array(sorted(ids), dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------- index
+
+@dataclass
+class ShardIndex:
+    """Per-record facts of one shard, known without decoding records.
+
+    record_ids (n,) int64 LMDB keys in read order; n_atoms (n,) int32; charge, multiplicity
+    (n,) int16; family (n,) int32 codes into ``families``; level (n,) int16 codes into
+    ``levels``; element_mask (n, 2) uint64: bit Z-1 of the 128-bit mask set if element Z occurs.
+    """
+
+    path: Path
+    record_ids: np.ndarray
+    n_atoms: np.ndarray
+    charge: np.ndarray
+    multiplicity: np.ndarray
+    family: np.ndarray
+    families: List[str]
+    level: np.ndarray
+    levels: List[str]
+    element_mask: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.record_ids.shape[0])
+
+
+def element_mask(numbers: np.ndarray) -> Tuple[int, int]:
+    """The two 64-bit words of the element set of ``numbers`` (bit Z-1 for element Z)."""
+    lo = hi = 0
+    for z in np.unique(numbers).tolist():
+        if z <= 64:
+            lo |= 1 << (z - 1)
+        else:
+            hi |= 1 << (z - 65)
+    return lo, hi
+
+
+def mask_elements(mask: np.ndarray) -> List[int]:
+    """Atomic numbers of the union of (k, 2) uint64 element masks."""
+    if mask.size == 0:
+        return []
+    lo, hi = (int(w) for w in np.bitwise_or.reduce(mask.reshape(-1, 2), axis=0))
+    bits = [(lo >> (z - 1)) & 1 if z <= 64 else (hi >> (z - 65)) & 1 for z in range(1, MAX_ATOMIC_NUMBER + 1)]
+    return [z for z, bit in zip(range(1, MAX_ATOMIC_NUMBER + 1), bits) if bit]
+
+
+def _fingerprint(path: Path) -> Dict[str, int]:
+    st = path.stat()
+    return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+
+
+def shard_digest(path: Path) -> str:
+    """SHA-256 of a shard's size, first MiB and last MiB (cheap; detects rewritten shards)."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    h.update(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(_DIGEST_BYTES))
+        if size > _DIGEST_BYTES:
+            f.seek(max(_DIGEST_BYTES, size - _DIGEST_BYTES))
+            h.update(f.read(_DIGEST_BYTES))
+    return h.hexdigest()
+
+
+def user_cache_dir() -> Path:
+    """Where indexes of shards in read-only directories go."""
+    if os.environ.get("TRANSIP_CACHE_DIR"):
+        return Path(os.environ["TRANSIP_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "transip-openmm"
+
+
+def index_locations(shard: Path) -> List[Path]:
+    """Candidate cache files of a shard's index: beside the data, then the user cache directory."""
+    shard = shard.resolve()
+    key = hashlib.sha256(str(shard).encode()).hexdigest()[:16]
+    return [shard.parent / INDEX_DIR / f"{shard.name}.npz",
+            user_cache_dir() / "shard-index" / f"{key}-{shard.name}.npz"]
+
+
+def iter_shard(shard: Path) -> Iterator[Molecule]:
+    """Every record of a shard in read order, decoded and validated (one pass, one transaction)."""
+    with _env_for(shard).begin() as txn:
+        for i, rid in enumerate(_record_ids(txn).tolist()):
+            mol = record_to_molecule(_decode_row(txn.get(str(rid).encode("ascii"))), shard, i)
+            validate_molecule(mol)
+            yield mol
+
+
+def build_index(shard: Path) -> ShardIndex:
+    """Index a shard by decoding each of its records once (validating them as it goes)."""
+    _close_env(shard)  # the file changed (or was never read): no stale mapping
+    with _env_for(shard).begin() as txn:
+        ids = _record_ids(txn)
+    n = len(ids)
+    n_atoms = np.zeros(n, np.int32)
+    charge = np.zeros(n, np.int16)
+    mult = np.zeros(n, np.int16)
+    family = np.zeros(n, np.int32)
+    level = np.zeros(n, np.int16)
+    masks = np.zeros((n, 2), np.uint64)
+    fam_codes: Dict[str, int] = {}
+    lot_codes: Dict[str, int] = {}
+    for i, mol in enumerate(iter_shard(shard)):
+        n_atoms[i] = mol.n_atoms
+        charge[i] = mol.charge
+        mult[i] = mol.multiplicity
+        family[i] = fam_codes.setdefault(mol.family, len(fam_codes))
+        level[i] = lot_codes.setdefault(mol.level_of_theory, len(lot_codes))
+        masks[i] = element_mask(mol.numbers)
+    logger.info("indexed %d records of %s", n, shard)
+    return ShardIndex(shard, ids, n_atoms, charge, mult, family, list(fam_codes), level, list(lot_codes), masks)
+
+
+def _save_index(index: ShardIndex, target: Path, fingerprint: Dict[str, int], digest: str) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, version=np.int64(INDEX_VERSION), size=np.int64(fingerprint["size"]),
+             mtime_ns=np.int64(fingerprint["mtime_ns"]), digest=np.str_(digest),
+             record_ids=index.record_ids, n_atoms=index.n_atoms, charge=index.charge,
+             multiplicity=index.multiplicity, family=index.family, families=np.array(index.families, dtype=str),
+             level=index.level, levels=np.array(index.levels, dtype=str), element_mask=index.element_mask)
+    os.replace(tmp, target)
+
+
+def _load_cached(shard: Path, cached: Path, fingerprint: Dict[str, int]) -> Optional[ShardIndex]:
+    try:
+        with np.load(cached, allow_pickle=False) as z:
+            if int(z["version"]) != INDEX_VERSION or int(z["size"]) != fingerprint["size"]:
+                return None
+            if int(z["mtime_ns"]) != fingerprint["mtime_ns"] and str(z["digest"]) != shard_digest(shard):
+                return None
+            return ShardIndex(shard, z["record_ids"], z["n_atoms"], z["charge"], z["multiplicity"], z["family"],
+                              [str(s) for s in z["families"]], z["level"], [str(s) for s in z["levels"]],
+                              z["element_mask"])
+    except (OSError, KeyError, ValueError) as exc:
+        logger.warning("ignoring unreadable index cache %s (%s)", cached, exc)
+        return None
+
+
+def load_index(shard: PathLike) -> ShardIndex:
+    """The index of ``shard``: from its cache when still valid, else built and cached."""
+    shard = Path(shard)
+    if not shard.is_file():
+        raise DataError(f"data file {shard} does not exist")
+    fingerprint = _fingerprint(shard)
+    locations = index_locations(shard)
+    for cached in locations:
+        if cached.is_file():
+            index = _load_cached(shard, cached, fingerprint)
+            if index is not None:
+                return index
+    index = build_index(shard)
+    digest = shard_digest(shard)
+    for target in locations:
+        try:
+            _save_index(index, target, fingerprint, digest)
+            logger.info("index of %s cached in %s", shard, target)
+            break
+        except OSError as exc:  # read-only data directory: try the next place
+            logger.info("cannot cache the index of %s in %s (%s)", shard, target, exc)
+    else:
+        logger.warning("the index of %s could not be cached anywhere; it is rebuilt on every run", shard)
+    return index
+
+
+# ---------------------------------------------------------------------------- dataset
+
+class ShardedDataset:
+    """Records of ``.aselmdb`` shards, decoded on demand (the :class:`LabelledDataset` interface).
+
+    Held in memory: each shard's index (about 40 bytes a record) and the selected rows
+    ``rows`` (k, 2) int64 (shard number, position in the shard) with a ``has_energy`` (k,)
+    bool flag; nothing else. ``subset`` and ``with_energies`` return views on the same shards.
+    """
+
+    def __init__(self, shards: Union[PathLike, Sequence[PathLike], Sequence[ShardIndex]],
+                 rows: Optional[np.ndarray] = None, has_energy: Optional[np.ndarray] = None) -> None:
+        if isinstance(shards, (list, tuple)) and shards and isinstance(shards[0], ShardIndex):
+            self.indexes: List[ShardIndex] = list(shards)  # type: ignore[arg-type]
+        else:
+            self.indexes = [load_index(p) for p in find_shards(shards)]  # type: ignore[arg-type]
+        if rows is None:
+            rows = np.concatenate([np.stack([np.full(len(ix), k, np.int64), np.arange(len(ix), dtype=np.int64)], 1)
+                                   for k, ix in enumerate(self.indexes)] or [np.zeros((0, 2), np.int64)])
+        self.rows = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
+        self.has_energy = (np.ones(len(self.rows), bool) if has_energy is None
+                           else np.asarray(has_energy, dtype=bool))
+
+    # -- per-record facts from the index
+    def _column(self, name: str) -> np.ndarray:
+        out = np.zeros(len(self.rows), dtype=getattr(self.indexes[0], name).dtype if self.indexes else np.int64)
+        for k, ix in enumerate(self.indexes):
+            sel = self.rows[:, 0] == k
+            if sel.any():
+                out[sel] = getattr(ix, name)[self.rows[sel, 1]]
+        return out
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    @property
+    def shards(self) -> List[Path]:
+        return [ix.path for ix in self.indexes]
+
+    @property
+    def n_atoms(self) -> np.ndarray:
+        """(M,) int64 atoms per structure."""
+        return self._column("n_atoms").astype(np.int64)
+
+    @property
+    def families(self) -> List[str]:
+        codes = self._column("family")
+        out: List[str] = [""] * len(self)
+        for k, ix in enumerate(self.indexes):
+            for j in np.flatnonzero(self.rows[:, 0] == k).tolist():
+                out[j] = ix.families[codes[j]]
+        return out
+
+    @property
+    def levels_of_theory(self) -> List[str]:
+        """Distinct levels of theory of the records ("" where a shard does not say)."""
+        found = set()
+        for k, ix in enumerate(self.indexes):
+            sel = self.rows[:, 0] == k
+            found.update(ix.levels[c] for c in np.unique(ix.level[self.rows[sel, 1]]).tolist())
+        return sorted(found)
+
+    @property
+    def elements(self) -> List[int]:
+        masks = [ix.element_mask[self.rows[self.rows[:, 0] == k, 1]] for k, ix in enumerate(self.indexes)]
+        return mask_elements(np.concatenate(masks) if masks else np.zeros((0, 2), np.uint64))
+
+    # -- records
+    def __getitem__(self, i: int) -> Molecule:
+        i = int(i)
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"record {i} outside 0..{len(self) - 1}")
+        k, pos = (int(v) for v in self.rows[i])
+        ix = self.indexes[k]
+        with _env_for(ix.path).begin() as txn:
+            raw = txn.get(str(int(ix.record_ids[pos])).encode("ascii"))
+        if raw is None:
+            raise DataError(f"{ix.path}, record {pos}: missing from the shard (changed since it was indexed?); "
+                            f"delete {INDEX_DIR}/ beside it to re-index")
+        mol = record_to_molecule(_decode_row(raw), ix.path, pos)
+        mol.has_energy = bool(self.has_energy[i])
+        return mol
+
+    def __iter__(self) -> Iterator[Molecule]:
+        for i in range(len(self)):
+            yield self[i]
+
+    # -- views
+    def subset(self, indices: Sequence[int]) -> "ShardedDataset":
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        return ShardedDataset(self.indexes, self.rows[idx], self.has_energy[idx])
+
+    def with_energies(self) -> "ShardedDataset":
+        return self.subset(np.flatnonzero(self.has_energy))
+
+    def without_energies(self) -> "ShardedDataset":
+        return ShardedDataset(self.indexes, self.rows, np.zeros(len(self), bool))
+
+    def in_memory(self) -> MoleculeDataset:
+        """Every selected record decoded into a :class:`MoleculeDataset`."""
+        return MoleculeDataset(list(self))
+
+    def validate(self, elements: Optional[Sequence[int]] = None) -> None:
+        """Check, from the index, that every element is in ``elements`` (records were
+        validated in full when the index was built)."""
+        if elements is None:
+            return
+        allowed = set(int(z) for z in elements)
+        for k, ix in enumerate(self.indexes):
+            pos = self.rows[self.rows[:, 0] == k, 1]
+            bad = set(mask_elements(ix.element_mask[pos])) - allowed
+            if bad:
+                lo, hi = element_mask(np.array(sorted(bad)))
+                first = int(pos[np.flatnonzero((ix.element_mask[pos, 0] & np.uint64(lo))
+                                               | (ix.element_mask[pos, 1] & np.uint64(hi)))[0]])
+                from ase.data import chemical_symbols
+
+                names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in sorted(bad))
+                raise DataError(f"{ix.path}, record {first}: element(s) {names} not among the model's "
+                                f"elements {sorted(allowed)}")
+
+    def content_hash(self) -> str:
+        """SHA-256 over the shards' digests and the selected records (not their contents:
+        O(index), not O(data)); equal for the same selection of unchanged shards."""
+        h = hashlib.sha256(b"transip-sharded-v1")
+        for ix in self.indexes:
+            h.update(ix.path.name.encode())
+            h.update(shard_digest(ix.path).encode())
+            h.update(np.ascontiguousarray(ix.record_ids).tobytes())
+        h.update(np.ascontiguousarray(self.rows).tobytes())
+        h.update(np.ascontiguousarray(self.has_energy).tobytes())
+        return h.hexdigest()
+
+
+def open_shards(spec: Union[PathLike, Sequence[PathLike]], elements: Optional[Sequence[int]] = None) -> ShardedDataset:
+    """A :class:`ShardedDataset` over ``spec`` (files, directories, globs), checked against ``elements``."""
+    dataset = ShardedDataset(spec)
+    dataset.validate(elements)
+    logger.info("%d structures in %d shard(s) (lazy)", len(dataset), len(dataset.indexes))
+    return dataset
