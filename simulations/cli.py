@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
-from transip_openmm.simulations.protocol import PLATFORMS, ProtocolError, load_protocol
+from transip_openmm.simulations.protocol import PLATFORMS, load_protocol
 
-logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,15 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from transip_openmm.simulations.runner import SimulationError, run_protocol
+    """Run the protocol; a ``ProtocolError``/``SimulationError`` reaches ``transip_openmm.cli.main``,
+    which prints it as one line (exit status 2)."""
+    from transip_openmm.simulations.runner import run_protocol
 
-    try:
-        protocol = load_protocol(args.protocol).capped(args.max_steps)
-        info = run_protocol(protocol, args.output, resume=args.resume, platform=args.platform,
-                            show_progress=not args.no_progress)
-    except (ProtocolError, SimulationError) as exc:
-        logger.error("%s", exc)
-        return 1
+    protocol = load_protocol(args.protocol).capped(args.max_steps)
+    info = run_protocol(protocol, args.output, resume=args.resume, platform=args.platform,
+                        show_progress=not args.no_progress)
     print(f"run directory: {args.output}")
     if info.get("trajectory"):
         print(f"trajectory:    {args.output / info['trajectory']} ({info['trajectory_frames']} frames)")

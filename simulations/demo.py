@@ -1,13 +1,12 @@
 """``transip demo --output DIR``: a short alanine-dipeptide-in-vacuum run with the shipped
-model, analysed, ending with the paths of the trajectory and the plots."""
+model, analysed, ending with the paths of the trajectory and the plots. Errors (a missing
+model, an --output that already holds a run) reach ``transip_openmm.cli.main``: one line."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
 
 DEMO_PROTOCOL = "alanine-dipeptide-vacuum.yaml"
 
@@ -29,25 +28,25 @@ def run(args: argparse.Namespace) -> int:
         bundled_protocols_dir,
         load_protocol,
     )
-    from transip_openmm.simulations.runner import SimulationError, run_protocol
+    from transip_openmm.simulations.runner import PROGRESS_FILE, SimulationError, run_protocol
 
-    try:
-        protocol = load_protocol(bundled_protocols_dir() / DEMO_PROTOCOL).capped(args.steps)
-        if args.model in SHIPPED_MODELS:
-            try:
-                shipped_model_path(args.model)
-            except FileNotFoundError as exc:
-                raise ProtocolError(f"{exc}; pass --model FILE (an exported model)") from exc
-            protocol.model.path = args.model
-        else:
-            model_path = Path(args.model).resolve()
-            if not model_path.is_file():
-                raise ProtocolError(f"--model: {model_path} does not exist")
-            protocol.model.path = str(model_path)
-        info = run_protocol(protocol, args.output, platform=args.platform)
-    except (ProtocolError, SimulationError) as exc:
-        logger.error("%s", exc)
-        return 1
+    if (args.output / PROGRESS_FILE).exists():
+        raise SimulationError(f"--output: {args.output} already holds a run; choose another --output "
+                              "(or delete that directory)")
+    protocol = load_protocol(bundled_protocols_dir() / DEMO_PROTOCOL).capped(args.steps)
+    if args.model in SHIPPED_MODELS:
+        try:
+            shipped_model_path(args.model)
+        except FileNotFoundError as exc:
+            raise ProtocolError(f"{exc}; pass --model FILE (an exported model)") from exc
+        protocol.model.path = args.model
+    else:
+        model_path = Path(args.model).resolve()
+        if not model_path.is_file():
+            raise ProtocolError(f"--model: {model_path} does not exist; pass a shipped model's name "
+                                f"({', '.join(sorted(SHIPPED_MODELS))}) or an exported model file")
+        protocol.model.path = str(model_path)
+    info = run_protocol(protocol, args.output, platform=args.platform)
     summary = analyze_run(args.output, args.output / "analysis")
     print()
     print(f"demo finished: {info['md_steps_this_run']} MD steps of {protocol.name} on {info['platform']}"

@@ -2,6 +2,8 @@
 
 Run directory layout::
 
+    run_identity.json        what the run is: protocol hash, atom count, model and structure
+                             file hashes (checked by --resume before any file is touched)
     protocol.resolved.yaml   the protocol as run (after --max-steps)
     topology.pdb             the start structure (with solvent), topology for the trajectory
     state_data.csv           one row per state-data interval (all MD stages)
@@ -15,7 +17,9 @@ Run directory layout::
 A trajectory chunk is committed in ``progress.json`` in the same atomic write that records
 the checkpoint at its last frame, so after ``kill -9`` a resume deletes uncommitted chunks,
 truncates ``state_data.csv`` to the checkpoint step and continues from the checkpoint: the
-stitched trajectory has neither gaps nor duplicated frames.
+stitched trajectory has neither gaps nor duplicated frames. Every other output is written
+to a temporary file and renamed over the target, so a killed run never leaves a partial file.
+A resume first checks that the run directory holds the same run (:class:`ResumeMismatch`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import gc
+import hashlib
+import io
 import json
 import logging
 import math
@@ -38,6 +44,7 @@ import yaml
 from openmm import app, unit
 from transip_openmm.simulations.protocol import IntegratorSpec, Protocol, StageSpec
 from transip_openmm.simulations.systems import BuiltSystem, build_system
+from transip_openmm.atomic_io import atomic_binary_file, atomic_write_text
 from transip_openmm.errors import TransIPError
 
 logger = logging.getLogger(__name__)
@@ -47,10 +54,15 @@ CSV_COLUMNS = [
     "temperature_k", "volume_nm3", "density_g_per_ml", "max_force_kj_per_mol_nm", "speed_ns_per_day",
 ]
 PROGRESS_FILE = "progress.json"
+IDENTITY_FILE = "run_identity.json"
 
 
 class SimulationError(TransIPError, RuntimeError):
     """The simulation blew up (NaN or exploding forces) or cannot continue."""
+
+
+class ResumeMismatch(SimulationError):
+    """``--resume`` was asked for a run directory that holds another run."""
 
 
 @dataclass
@@ -63,12 +75,86 @@ class _Check:
 
 # --------------------------------------------------------------------------- small helpers
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
+
+
+@contextlib.contextmanager
+def _atomic_path(path: Path):
+    """Yield a temporary path beside ``path`` (same suffix, for writers that choose the format
+    by it); on success it replaces ``path``, on failure it is removed."""
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_pdb(path: Path, topology: app.Topology, positions) -> None:
+    """``PDBFile.writeFile`` into ``path`` atomically (positions: a Quantity)."""
+    text = io.StringIO()
+    app.PDBFile.writeFile(topology, positions, text)
+    atomic_write_text(path, text.getvalue())
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 hex digest of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_identity(protocol: Protocol, n_atoms: int) -> dict[str, Any]:
+    """What makes a run the same run: the resolved protocol with its files replaced by their
+    SHA-256 (so a moved checkout still matches and an edited file does not), its hash, and the
+    atom count of the built system."""
+    from transip_openmm.force import resolve_model_path
+
+    data = protocol.to_dict()
+    data.pop("source", None)
+    data["system"]["structure"] = {"file": protocol.system.structure.name,
+                                   "sha256": file_sha256(protocol.system.structure)}
+    if protocol.model.uses_ml:
+        model_file = resolve_model_path(protocol.model.path)
+        data["model"]["path"] = {"file": model_file.name, "sha256": file_sha256(model_file)}
+    blob = json.dumps(data, sort_keys=True).encode()
+    return {"protocol_sha256": hashlib.sha256(blob).hexdigest(), "n_atoms": int(n_atoms), "protocol": data}
+
+
+def _differences(old: Any, new: Any, where: str = "") -> list[str]:
+    """Dotted keys where two plain-data trees differ, as ``key: old -> new``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in list(old) + [k for k in new if k not in old]:
+            out += _differences(old.get(key), new.get(key), f"{where}.{key}" if where else str(key))
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [d for i, (a, b) in enumerate(zip(old, new)) for d in _differences(a, b, f"{where}[{i}]")]
+    return [] if old == new else [f"{where}: {old!r} -> {new!r}"]
+
+
+def check_resume_identity(out: Path, stored: dict[str, Any] | None, current: dict[str, Any]) -> None:
+    """Raise :class:`ResumeMismatch` (one line) unless ``current`` is the run in ``out``."""
+    fix = f"resume with the protocol and model the run was started with, or choose another --output"
+    if stored is None:
+        raise ResumeMismatch(f"cannot resume {out}: it has no {IDENTITY_FILE} (made by an older version), so "
+                             "it cannot be checked to be the same run; start the run again in another --output")
+    if stored["n_atoms"] != current["n_atoms"]:
+        raise ResumeMismatch(f"cannot resume {out}: the run has {stored['n_atoms']} atoms but this protocol "
+                             f"builds {current['n_atoms']}; {fix}")
+    if stored["protocol_sha256"] != current["protocol_sha256"]:
+        diffs = _differences(stored["protocol"], current["protocol"])
+        shown = "; ".join(d.replace("sha256", "file hash") for d in diffs[:3]) + (" ..." if len(diffs) > 3 else "")
+        what = ("another model file" if any(d.startswith("model.path") for d in diffs) else
+                "another structure file" if any(d.startswith("system.structure") for d in diffs) else
+                "another protocol")
+        raise ResumeMismatch(f"cannot resume {out}: it was started with {what} (differs in {shown}); {fix} "
+                             f"({out / 'protocol.resolved.yaml'} records the run's)")
 
 
 def choose_platform(name: str) -> openmm.Platform:
@@ -136,7 +222,8 @@ class Runner:
         self.last_good: tuple | None = None  # (global step, positions (N,3) nm, box)
 
     # ---- setup
-    def _prepare_directory(self) -> None:
+    def _check_directory(self) -> dict[str, Any] | None:
+        """Read-only checks of the run directory; returns the stored identity on a resume."""
         progress_path = self.out / PROGRESS_FILE
         if progress_path.exists() and not self.resume:
             raise SimulationError(f"{self.out} already holds a run; use --resume to continue it or "
@@ -144,16 +231,30 @@ class Runner:
         if self.resume and not progress_path.exists():
             logger.warning("nothing to resume in %s: starting a new run", self.out)
             self.resume = False
+        if not self.resume:
+            return None
+        identity = self.out / IDENTITY_FILE
+        return json.loads(identity.read_text()) if identity.exists() else None
+
+    def _prepare_directory(self, identity: dict[str, Any]) -> None:
         (self.out / "chunks").mkdir(parents=True, exist_ok=True)
         (self.out / "checkpoints").mkdir(exist_ok=True)
+        for stale in list(self.out.glob(".*.tmp")) + list(self.out.glob("*/.*.tmp")) + \
+                list(self.out.glob(".*.partial.*")) + list(self.out.glob("*/.*.partial.*")):
+            stale.unlink()  # left by a killed write; the file it was to replace is intact
         if self.resume:
-            self.progress = json.loads(progress_path.read_text())
+            self.progress = json.loads((self.out / PROGRESS_FILE).read_text())
             self._discard_uncommitted()
         else:
+            _atomic_write(self.out / IDENTITY_FILE, json.dumps(identity, indent=1))
             self.progress = {"stage_index": 0, "step_in_stage": 0, "global_step": 0, "time_ps": 0.0,
                              "checkpoint": None, "state_xml": None, "chunks": [], "done": False}
-            with open(self.out / "state_data.csv", "w", newline="") as fh:
-                csv.writer(fh).writerow(CSV_COLUMNS)
+            text = io.StringIO()
+            csv.writer(text).writerow(CSV_COLUMNS)
+            _atomic_write(self.out / "state_data.csv", text.getvalue())
+            _write_pdb(self.out / "topology.pdb", self.built.topology, self.built.positions * unit.nanometer)
+            _atomic_write(self.out / "protocol.resolved.yaml",
+                          yaml.safe_dump(self.protocol.to_dict(), sort_keys=False))
 
     def _discard_uncommitted(self) -> None:
         committed = {c["file"] for c in self.progress["chunks"]}
@@ -166,8 +267,9 @@ class Runner:
             rows = list(csv.reader(fh))
         keep = [rows[0]] + [r for r in rows[1:] if len(r) == len(CSV_COLUMNS) and
                             int(r[1]) <= self.progress["global_step"]]
-        with open(csv_path, "w", newline="") as fh:
-            csv.writer(fh).writerows(keep)
+        text = io.StringIO()
+        csv.writer(text).writerows(keep)
+        _atomic_write(csv_path, text.getvalue())
         logger.info("resume: stage %d step %d (global MD step %d, t = %.3f ps); %d state rows kept, "
                     "%d trajectory chunks kept", self.progress["stage_index"], self.progress["step_in_stage"],
                     self.progress["global_step"], self.progress["time_ps"], len(keep) - 1, len(committed))
@@ -178,13 +280,13 @@ class Runner:
     # ---- main entry
     def run(self) -> dict[str, Any]:
         p = self.protocol
-        self._prepare_directory()
-        (self.out / "protocol.resolved.yaml").write_text(yaml.safe_dump(p.to_dict(), sort_keys=False))
+        stored = self._check_directory()
         logger.info("resolved protocol:\n%s", yaml.safe_dump(p.to_dict(), sort_keys=False).rstrip())
         self.built = build_system(p)
-        if not self.resume:
-            with open(self.out / "topology.pdb", "w") as fh:
-                app.PDBFile.writeFile(self.built.topology, self.built.positions * unit.nanometer, fh)
+        identity = run_identity(p, self.built.topology.getNumAtoms())
+        if self.resume:  # before any file in the run directory is touched
+            check_resume_identity(self.out, stored, identity)
+        self._prepare_directory(identity)
         self.platform = choose_platform(self.platform_name)
         self.properties = platform_properties(self.platform, p.precision)
         logger.info("platform: %s %s; ML force: %s", self.platform.getName(), self.properties or "",
@@ -365,12 +467,10 @@ class Runner:
             topology = self.built.topology
             if box is not None:
                 topology.setPeriodicBoxVectors(box)
-            with open(path, "w") as fh:
-                app.PDBFile.writeFile(topology, positions, fh)
+            _write_pdb(path, topology, positions)
             saved = f"last good structure (global MD step {good_step}) written to {path}"
         else:
-            with open(path, "w") as fh:
-                app.PDBFile.writeFile(self.built.topology, self.built.positions * unit.nanometer, fh)
+            _write_pdb(path, self.built.topology, self.built.positions * unit.nanometer)
             saved = f"start structure written to {path}"
         raise SimulationError(f"simulation blew up at {where}: {check.reason}; {saved}")
 
@@ -415,8 +515,11 @@ class Runner:
         g = self.progress["global_step"]
         chk = self.out / "checkpoints" / f"step_{g:010d}.chk"
         xml = self.out / "checkpoints" / f"step_{g:010d}.xml"
-        sim.saveCheckpoint(str(chk))
-        sim.saveState(str(xml))
+        with atomic_binary_file(chk) as fh:
+            sim.saveCheckpoint(fh)
+        state = sim.context.getState(getPositions=True, getVelocities=True, getParameters=True,
+                                     getIntegratorParameters=True)
+        _atomic_write(xml, openmm.XmlSerializer.serialize(state))
         old = [self.progress.get("checkpoint"), self.progress.get("state_xml")]
         self.progress.update(checkpoint=chk.name, state_xml=xml.name)
         self._commit()
@@ -426,7 +529,7 @@ class Runner:
 
     def _save_stage_end(self, state: openmm.State) -> None:
         path = self.out / "checkpoints" / f"stage_{self.progress['stage_index']:02d}_start.xml"
-        path.write_text(openmm.XmlSerializer.serialize(state))
+        _atomic_write(path, openmm.XmlSerializer.serialize(state))
         self.progress["stage_start_xml"] = path.name
         self._commit()
 
@@ -445,11 +548,10 @@ class Runner:
             state = openmm.XmlSerializer.deserialize(
                 (self.out / "checkpoints" / self.progress["stage_start_xml"]).read_text())
         if state is not None:
-            with open(self.out / "final.pdb", "w") as fh:
-                topology = self.built.topology
-                if self.built.periodic:
-                    topology.setPeriodicBoxVectors(state.getPeriodicBoxVectors())
-                app.PDBFile.writeFile(topology, state.getPositions(), fh)
+            topology = self.built.topology
+            if self.built.periodic:
+                topology.setPeriodicBoxVectors(state.getPeriodicBoxVectors())
+            _write_pdb(self.out / "final.pdb", topology, state.getPositions())
         traj = stitch_trajectory(self.out, p.reporters.trajectory_format, self.progress["chunks"])
         frame_dt_ps = p.reporters.trajectory_interval * p.integrator.timestep_fs / 1000.0
         simulated_ps = steps_done * p.integrator.timestep_fs / 1000.0
@@ -475,7 +577,7 @@ class Runner:
                             for c in self.progress["chunks"] for k in range(c["n_frames"])],
             "timestep_fs": p.integrator.timestep_fs,
         }
-        (self.out / "run.json").write_text(json.dumps(info, indent=1))
+        _atomic_write(self.out / "run.json", json.dumps(info, indent=1))
         self.progress["done"] = True
         self._commit()
         logger.info("done: %d MD steps in %.1f s (%s); trajectory %s (%d frames)", steps_done, wall,
@@ -538,7 +640,8 @@ def stitch_trajectory(out: Path, fmt: str, chunks: list[dict[str, Any]]) -> Path
     if traj.n_frames != expected:
         raise SimulationError(f"trajectory chunks hold {traj.n_frames} frames, progress records {expected}")
     path = out / f"trajectory.{fmt}"
-    traj.save(str(path))
+    with _atomic_path(path) as tmp:
+        traj.save(str(tmp))
     return path
 
 

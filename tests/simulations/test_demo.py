@@ -22,6 +22,19 @@ def test_demo_runs_a_shipped_model_and_writes_trajectory_and_plots(model: str, t
     assert (out / "state_data.csv").is_file()
 
 
-def test_demo_with_a_missing_model_file_fails_with_a_message(tmp_path: Path, caplog) -> None:
-    assert main(["demo", "--output", str(tmp_path / "demo"), "--model", str(tmp_path / "nope.pt")]) == 1
-    assert "does not exist" in caplog.text
+def test_demo_with_a_missing_model_file_fails_with_a_message(tmp_path: Path, capsys) -> None:
+    assert main(["demo", "--output", str(tmp_path / "demo"), "--model", str(tmp_path / "nope.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not exist" in err[0]
+    assert not (tmp_path / "demo").exists()
+
+
+def test_demo_into_an_existing_run_says_choose_another_output(tmp_path: Path, capsys) -> None:
+    """The demo has no --resume: its message must not offer one, and the run is left alone."""
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "progress.json").write_text("{}")
+    assert main(["demo", "--output", str(out), "--steps", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "choose another --output" in err and "--resume" not in err
+    assert (out / "progress.json").read_text() == "{}"

@@ -14,18 +14,20 @@ from pathlib import Path
 import mdtraj
 import numpy as np
 import pytest
+from transip_openmm.cli import main
 from transip_openmm.simulations.protocol import load_protocol
-from transip_openmm.simulations.runner import SimulationError, run_protocol
+from transip_openmm.simulations.runner import ResumeMismatch, SimulationError, run_protocol
 
 REPO = Path(__file__).resolve().parents[2]
 INPUTS = REPO / "simulations" / "inputs"
 
 
-def _ml_vacuum(tmp_path: Path, model: Path, production: int = 600, platform: str = "Reference") -> Path:
-    path = tmp_path / "ml.yaml"
+def _ml_vacuum(tmp_path: Path, model: Path, production: int = 600, platform: str = "Reference",
+               name: str = "ml.yaml", seed: int = 11, structure: str = "alanine-dipeptide.pdb") -> Path:
+    path = tmp_path / name
     path.write_text(f"""
 name: resume-test
-system: {{structure: {INPUTS / 'alanine-dipeptide.pdb'}}}
+system: {{structure: {INPUTS / structure}}}
 model: {{path: {model}}}
 integrator: {{type: LangevinMiddle, timestep_fs: 0.5, temperature_k: 300}}
 stages:
@@ -37,7 +39,7 @@ reporters:
   state_data: {{interval: 20}}
   checkpoint: {{interval: 100}}
 platform: {platform}
-seed: 11
+seed: {seed}
 """)
     return path
 
@@ -149,3 +151,97 @@ platform: CPU
     assert 0.8 < density < 1.2
     times = [float(r["time_ps"]) for r in rows]
     np.testing.assert_allclose(np.diff(times), 0.04, atol=1e-9)  # continuous across stages
+
+
+def _kill_when(proc: subprocess.Popen, run: Path, moment, what: str) -> None:
+    """Poll every 10 ms; ``kill -9`` the run as soon as ``moment(progress, checkpoint names)``."""
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        progress = run / "progress.json"
+        p = json.loads(progress.read_text()) if progress.exists() else None
+        names = [f.name for f in (run / "checkpoints").iterdir()] if (run / "checkpoints").exists() else []
+        if moment(p, names):
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"run ended before it could be killed {what}:\n{proc.stdout.read()}")
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.slow
+def test_repeated_sigkill_while_checkpointing_loses_and_repeats_nothing(tmp_path: Path, tiny_model: Path) -> None:
+    """Three ``kill -9`` at different moments (the first checkpoint file appearing, a production
+    checkpoint being committed, a later production checkpoint file appearing), each followed by
+    ``--resume``: the final trajectory and state data equal an uninterrupted run with the same
+    seed (Reference platform: deterministic; the checkpoints carry the RNG state)."""
+    protocol = _ml_vacuum(tmp_path, tiny_model, production=400)
+    reference = tmp_path / "reference"
+    run_protocol(load_protocol(protocol), reference, show_progress=False)
+
+    run = tmp_path / "killed"
+    moments = [
+        ("at the first checkpoint file", lambda p, names: bool(names)),
+        ("after production step 100", lambda p, names: p is not None and p["stage_index"] == 2
+         and p["step_in_stage"] >= 100),
+        ("as the step-340 checkpoint appears", lambda p, names: any("0000000340" in n for n in names)),
+    ]
+    for i, (what, moment) in enumerate(moments):
+        proc = _simulate(str(protocol), "--output", str(run), *(["--resume"] if i else []))
+        _kill_when(proc, run, moment, what)
+        assert not (run / "run.json").exists(), what
+    resumed = _simulate(str(protocol), "--output", str(run), "--resume")
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+
+    info = json.loads((run / "run.json").read_text())
+    assert info["frame_steps"] == list(range(60, 40 + 400 + 1, 20))  # every frame exactly once
+    top = str(run / "topology.pdb")
+    traj = mdtraj.load(str(run / "trajectory.dcd"), top=top)
+    ref = mdtraj.load(str(reference / "trajectory.dcd"), top=top)
+    assert traj.n_frames == ref.n_frames == 20
+    assert _csv_steps(run) == _csv_steps(reference)
+    np.testing.assert_allclose(traj.xyz, ref.xyz, atol=1e-4)
+    assert not list(run.rglob("*.tmp")) and not list(run.rglob("*.partial.*"))
+
+
+def _snapshot(run: Path) -> dict:
+    """Bytes and modification time of every file below ``run``."""
+    return {str(f.relative_to(run)): (f.read_bytes(), f.stat().st_mtime_ns) for f in sorted(run.rglob("*"))
+            if f.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model: Path) -> tuple:
+    folder = tmp_path_factory.mktemp("resume")
+    protocol = _ml_vacuum(folder, tiny_model, production=40, platform="CPU")
+    run_protocol(load_protocol(protocol), folder / "run", show_progress=False)
+    return folder, protocol, folder / "run"
+
+
+@pytest.fixture(scope="module")
+def other_model(tmp_path_factory) -> Path:
+    from conftest import _export_random_model
+
+    return _export_random_model(tmp_path_factory.mktemp("other"), "other", n_rbf=8)
+
+
+@pytest.mark.parametrize("change, named", [
+    ("seed", "seed: 11 -> 12"),
+    ("model", "another model file"),
+    ("atoms", "the run has 22 atoms but this protocol builds 2"),
+])
+def test_mismatched_resume_is_refused_in_one_line_and_touches_nothing(
+        change: str, named: str, finished_run: tuple, tiny_model: Path, other_model: Path, capsys) -> None:
+    folder, _, run = finished_run
+    kwargs = {"seed": 12} if change == "seed" else {"structure": "nacl-pair.pdb"} if change == "atoms" else {}
+    protocol = _ml_vacuum(folder, other_model if change == "model" else tiny_model, production=40,
+                          platform="CPU", name=f"{change}.yaml", **kwargs)
+    before = _snapshot(run)
+    with pytest.raises(ResumeMismatch, match="cannot resume"):
+        run_protocol(load_protocol(protocol), run, resume=True, show_progress=False)
+    capsys.readouterr()
+    assert main(["simulate", str(protocol), "--output", str(run), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot resume" in err[0] and named in err[0], err
+    assert _snapshot(run) == before
