@@ -249,12 +249,31 @@ def _zero_cmap_terms(force: openmm.CMAPTorsionForce, ml: set) -> None:
 
 
 def create_ml_force(model: ModelSpec, topology: app.Topology, atoms: list[int] | None,
-                    charge: int, multiplicity: int, periodic: bool) -> openmm.Force:
-    """The ML force for ``atoms`` (None = all atoms). The single place the ML force is built."""
+                    charge: int, multiplicity: int, periodic: bool,
+                    positions: np.ndarray | None = None) -> openmm.Force:
+    """The ML force for ``atoms`` (None = all atoms). The single place the ML force is built.
+
+    ``positions`` (N, 3) nm: the start structure, against which a periodic ML region is checked
+    to fit the box when the model sees it as one cluster (``TransIPForce``).
+    """
     from transip_openmm.force import TransIPForce
 
     return TransIPForce(model.path, topology, charge=charge, multiplicity=multiplicity, atoms=atoms,
-                        backend=model.backend, periodic=periodic)
+                        backend=model.backend, periodic=periodic, positions=positions)
+
+
+def warn_about_cut_bonds(topology: app.Topology, ml_atoms: Sequence[int]) -> None:
+    """``logging.warning`` (once) when the ML region cuts covalent bonds: mechanical embedding
+    here adds no link atoms, so the model sees the cut ends as radicals."""
+    ml = set(int(i) for i in ml_atoms)
+    cut = [(a, b) for a, b in topology.bonds() if (a.index in ml) != (b.index in ml)]
+    if cut:
+        a, b = cut[0]
+        logger.warning(
+            "the ML region cuts %d covalent bond(s) (e.g. %s%s:%s-%s%s:%s); no link atoms are added, so the "
+            "model sees dangling bonds: select whole residues/molecules (model.ml_shell_nm grows by whole "
+            "residues), or use openmm-ml's createMixedSystem, which caps cut bonds with link atoms",
+            len(cut), a.residue.name, a.residue.id, a.name, b.residue.name, b.residue.id, b.name)
 
 
 def ml_region_mm_charge(system: openmm.System, ml_atoms: Sequence[int]) -> float | None:
@@ -328,6 +347,7 @@ def build_system(protocol: Protocol, add_ml_force: bool = True) -> BuiltSystem:
                     f"of {mm_charge:+.3f} e but system.charge is {spec.charge}; expected {round(mm_charge)}"
                 )
             remove_ml_interactions(system, ml_atoms)
+            warn_about_cut_bonds(topology, ml_atoms)
     else:
         system = openmm.System()
         for atom in topology.atoms():
@@ -342,7 +362,8 @@ def build_system(protocol: Protocol, add_ml_force: bool = True) -> BuiltSystem:
     ml_force = None
     if ml_atoms and add_ml_force:
         atoms_arg = None if len(ml_atoms) == n_atoms else ml_atoms
-        ml_force = create_ml_force(model, topology, atoms_arg, spec.charge, spec.multiplicity, periodic)
+        ml_force = create_ml_force(model, topology, atoms_arg, spec.charge, spec.multiplicity, periodic,
+                                   positions if periodic else None)
         system.addForce(ml_force)
     logger.info("system: %d atoms (%d ML, %d MM), periodic=%s, %d constraints", n_atoms,
                 len(ml_atoms), n_atoms - len(ml_atoms), periodic, system.getNumConstraints())

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch  # before openmmtorch, which needs torch's shared libraries
+from openmm import unit
 
 from transip_openmm.artifacts import (
     METADATA_ENTRY,
@@ -114,6 +116,83 @@ def system_spec_for(
     return baked
 
 
+def model_sees_periodic_images(meta: Dict[str, Any]) -> bool:
+    """Whether an exported model takes the box itself (relative positions and local attention,
+    no frame averaging), from its metadata; any other model sees the ML region as one cluster."""
+    config = meta.get("model_config") or {}
+    return (config.get("position_encoding") == "relative" and bool(config.get("attention_cutoff"))
+            and not meta.get("frame_averaging"))
+
+
+def count_molecules(topology: Any, atoms: Sequence[int]) -> int:
+    """Number of bonded fragments among ``atoms`` (bonds of ``topology`` between them)."""
+    parent = {int(i): int(i) for i in atoms}
+
+    def root(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for bond in topology.bonds():
+        i, j = bond[0].index, bond[1].index
+        if i in parent and j in parent:
+            parent[root(i)] = root(j)
+    return len({root(a) for a in parent})
+
+
+def box_widths_nm(box_nm: np.ndarray) -> np.ndarray:
+    """(3,) distances between opposite faces of a box (3, 3) nm, rows = box vectors."""
+    a, b, c = np.asarray(box_nm, dtype=np.float64)
+    volume = abs(np.dot(a, np.cross(b, c)))
+    return volume / np.linalg.norm([np.cross(b, c), np.cross(c, a), np.cross(a, b)], axis=1)
+
+
+def ml_region_extent_nm(positions_nm: np.ndarray, box_nm: np.ndarray) -> float:
+    """Largest distance (nm) between two atoms of positions (n, 3) nm after making them whole
+    by the minimum image of each atom relative to the first (what the model sees)."""
+    from transip_openmm.neighbors import minimum_image
+
+    x = torch.as_tensor(np.asarray(positions_nm, dtype=np.float64))
+    whole = (x[0:1] + minimum_image(x - x[0:1], torch.as_tensor(np.asarray(box_nm, dtype=np.float64)))).numpy()
+    extent = 0.0
+    for start in range(0, len(whole), 1024):  # memory 1024 x n
+        d = np.linalg.norm(whole[start:start + 1024, None, :] - whole[None, :, :], axis=-1)
+        extent = max(extent, float(d.max()))
+    return extent
+
+
+def check_periodic_ml_region(meta: Dict[str, Any], spec: SystemSpec, topology: Any, box_nm: Optional[np.ndarray],
+                             positions_nm: Optional[np.ndarray], source: str) -> None:
+    """Refuse a periodic setup that a cluster model (absolute positions) cannot represent.
+
+    Such a model makes the ML region whole around its first atom: right only while the region
+    spans less than half the smallest box width. Refused (SystemSpecError, one line naming the
+    fix): an all-ML box of more than one molecule, and, given ``positions_nm`` (n_particles, 3),
+    an ML region wider than half the smallest box width.
+    """
+    if model_sees_periodic_images(meta):
+        return
+    fix = ("use a model with relative positions and local attention, which sees the periodic "
+           "images itself (e.g. the shipped 'local'), or a smaller ML region / a larger box")
+    n_ml = len(spec.ml_indices)
+    if n_ml == spec.n_particles and n_ml > 1 and (topology is None or count_molecules(topology, spec.ml_indices) > 1):
+        raise SystemSpecError(
+            f"{source} uses absolute positions and sees the ML region as one cluster, but every one of the "
+            f"{n_ml} atoms of this periodic box is ML (a bulk box cannot be made whole as one cluster: "
+            f"the potential would jump as molecules cross the box); {fix}")
+    if positions_nm is None or box_nm is None:
+        return
+    positions_nm = np.asarray(positions_nm, dtype=np.float64)[spec.ml_indices]
+    extent = ml_region_extent_nm(positions_nm, box_nm)
+    half_width = 0.5 * float(box_widths_nm(box_nm).min())
+    if extent > half_width:
+        raise SystemSpecError(
+            f"{source} uses absolute positions and sees the ML region as one cluster, but the ML region "
+            f"({n_ml} atoms) spans {extent:.2f} nm, more than half the smallest box width ({half_width:.2f} nm), "
+            f"so it cannot be made whole in the box; {fix}")
+
+
 def TransIPForce(
     path: PathLike = "default",
     topology: Any = None,
@@ -125,6 +204,7 @@ def TransIPForce(
     use_cuda_graphs: bool = False,
     periodic: Optional[bool] = None,
     device: Optional[str] = None,
+    positions: Any = None,
 ):
     """OpenMM Force (``openmmtorch.TorchForce`` or ``openmm.PythonForce``) for a TransIP model.
 
@@ -139,6 +219,13 @@ def TransIPForce(
     periodic: use the box (minimum image makes the ML region whole); default: the topology has
         a box.
     device: torch device of the python backend's model (default CUDA if available, else CPU).
+    positions: start positions (n_particles, 3) in nm (array or Quantity), optional; with a box
+        and a model that sees the ML region as one cluster (absolute positions), used to refuse
+        an ML region wider than half the box.
+
+    A periodic all-ML box of several molecules with such a model is refused
+    (:func:`check_periodic_ml_region`); models with relative positions and local attention
+    (the shipped ``"local"``) see the periodic images themselves.
     """
     from transip_openmm.backends import make_force
 
@@ -148,6 +235,13 @@ def TransIPForce(
     specialise_module(module, spec)
     if periodic is None:
         periodic = topology is not None and topology.getPeriodicBoxVectors() is not None
+    if periodic:
+        box = None
+        if topology is not None and topology.getPeriodicBoxVectors() is not None:
+            box = np.asarray(topology.getPeriodicBoxVectors().value_in_unit(unit.nanometer))
+        if positions is not None and unit.is_quantity(positions):
+            positions = positions.value_in_unit(unit.nanometer)
+        check_periodic_ml_region(meta, spec, topology, box, positions, str(model_path))
     logger.info("TransIP model %s: %d ML atoms of %d particles, charge %d, multiplicity %d%s",
                 model_path.name, len(spec.ml_indices), spec.n_particles, spec.charge, spec.multiplicity,
                 ", periodic" if periodic else "")

@@ -24,14 +24,14 @@ def test_missing_file(tmp_path):
 def test_corrupt_file(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"definitely not a zip archive")
-    with pytest.raises(ArtifactError, match="not a readable TorchScript file"):
+    with pytest.raises(ArtifactError, match="is a text file, not a file written by PyTorch"):
         TransIPForce(bad)
 
 
 def test_truncated_file(tmp_path, generic32):
     bad = tmp_path / "truncated.pt"
     bad.write_bytes(generic32.read_bytes()[:5000])
-    with pytest.raises(ArtifactError, match="not a readable TorchScript file"):
+    with pytest.raises(ArtifactError, match="is truncated or corrupt .*write or copy it again"):
         TransIPForce(bad)
 
 
@@ -68,15 +68,15 @@ def test_generic_file_needs_topology(generic32):
         TransIPForce(generic32)
 
 
-def test_default_model_missing_is_clear():
-    from transip_openmm import default_model_path
+def test_shipped_model_missing_from_the_installation_is_clear(monkeypatch):
+    import transip_openmm
 
-    try:
-        default_model_path()
-        pytest.skip("a default model is shipped")
-    except FileNotFoundError:
-        pass
-    with pytest.raises(ArtifactError, match="'default' asks for the demo model"):
+    def missing(name="default"):
+        raise FileNotFoundError(f"the shipped model {name!r} is missing from the installation")
+
+    monkeypatch.setattr(transip_openmm, "shipped_model_path", missing)
+    with pytest.raises(ArtifactError, match="'default' asks for a model shipped with transip-openmm, but this "
+                                            "installation has none"):
         TransIPForce("default")
 
 
@@ -165,3 +165,53 @@ def test_nan_positions_raise(generic32, alanine, backend):
 def test_unknown_backend(generic32, alanine):
     with pytest.raises(ValueError, match="backend must be one of"):
         TransIPForce(generic32, alanine.topology, backend="jax")
+
+
+def _water_box(n_side: int = 3, spacing_nm: float = 0.31):
+    """(topology with bonds and box, positions (n, 3) nm) of n_side³ waters on a cubic lattice."""
+    import openmm.app as app
+    import openmm.unit as u
+
+    top = app.Topology()
+    chain = top.addChain()
+    positions = []
+    for i in range(n_side ** 3):
+        res = top.addResidue("HOH", chain)
+        o = top.addAtom("O", app.element.oxygen, res)
+        for name in ("H1", "H2"):
+            top.addBond(o, top.addAtom(name, app.element.hydrogen, res))
+        centre = spacing_nm * (np.array([i % n_side, (i // n_side) % n_side, i // n_side ** 2]) + 0.5)
+        positions += [centre, centre + [0.0957, 0, 0], centre + [-0.024, 0.0927, 0]]
+    top.setPeriodicBoxVectors(np.eye(3) * n_side * spacing_nm * u.nanometer)
+    return top, np.array(positions)
+
+
+def test_absolute_position_model_refuses_a_periodic_all_ml_box(generic32, tmp_path):
+    """A cluster model in a bulk box would make the box whole around atom 0: refused, naming the fix."""
+    top, _ = _water_box()
+    with pytest.raises(SystemSpecError, match=r"every one of the 81 atoms .* shipped 'local'") as info:
+        TransIPForce(generic32, top)
+    assert "\n" not in str(info.value)
+    TransIPForce(generic32, top, periodic=False)  # the same waters as an isolated cluster: allowed
+
+
+def test_ml_region_wider_than_half_the_box_is_refused(generic32):
+    """ML/MM in a box: a region (here 8 waters, 0.7 nm across) must fit in half the smallest box
+    width for a cluster model: a 0.93 nm box is too small, a 3 nm box is not."""
+    top, pos = _water_box(n_side=3)
+    two_by_two = [3 * w + k for w in (0, 1, 3, 4, 9, 10, 12, 13) for k in range(3)]
+    with pytest.raises(SystemSpecError, match=r"spans 0\.\d+ nm, more than half the smallest box width \(0\.46 nm\)"):
+        TransIPForce(generic32, top, atoms=two_by_two, positions=pos)
+    top.setPeriodicBoxVectors(np.eye(3) * 3.0 * openmm.unit.nanometer)
+    TransIPForce(generic32, top, atoms=two_by_two, positions=pos)  # 0.7 nm < 1.5 nm: fine
+
+
+def test_relative_position_local_model_accepts_a_periodic_all_ml_box():
+    from transip_openmm import shipped_model_path
+
+    try:
+        shipped_model_path("local")
+    except FileNotFoundError:
+        pytest.skip("the shipped local model is not installed")
+    top, pos = _water_box(n_side=4)  # 1.24 nm box: at least twice the 5 Å cutoff
+    TransIPForce("local", top, positions=pos)

@@ -222,3 +222,24 @@ def test_mechanical_embedding_equals_openmmml(forcefield, order, periodic, tiny_
     e_ml_ref, f_ml_ref = _energy_forces_groups(mixed, pos, {1})
     assert e_ml_ours == e_ml_ref
     np.testing.assert_array_equal(f_ml_ours, f_ml_ref)
+
+
+def test_periodic_all_ml_box_with_a_cluster_model_is_refused(tmp_path: Path, tiny_model: Path,
+                                                              tiny_local_model: Path) -> None:
+    from transip_openmm.system_spec import SystemSpecError
+
+    data = {"system": {"structure": str(INPUTS / "serine-dipeptide-water.pdb"), "box_nm": [2.5, 2.5, 2.5]},
+            "model": {"path": str(tiny_model)}, "stages": [{"type": "nvt", "steps": 10}]}
+    with pytest.raises(SystemSpecError, match="absolute positions.*shipped 'local'"):
+        build_system(parse_protocol(data, tmp_path))
+    data["model"]["path"] = str(tiny_local_model)
+    assert build_system(parse_protocol(data, tmp_path)).periodic
+
+
+def test_ml_region_that_cuts_bonds_is_warned_about(tmp_path: Path, tiny_model: Path, caplog) -> None:
+    data = {"system": {"structure": str(INPUTS / "serine-dipeptide-water.pdb")},
+            "model": {"path": str(tiny_model), "ml_region": "resname SER", "forcefield": FF},
+            "stages": [{"type": "nvt", "steps": 10}]}
+    with caplog.at_level("WARNING"):
+        build_system(parse_protocol(data, tmp_path))
+    assert "cuts 2 covalent bond(s)" in caplog.text and "link atoms" in caplog.text
