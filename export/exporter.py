@@ -40,7 +40,7 @@ def build_wrapper(model: TransIPModel, spec: Optional[SystemSpec], dtype: str = 
     """Eager wrapper around a copy-free ``model`` cast to ``dtype`` (in place), in eval mode.
 
     ``frame_average``: average the energy over the 24 octahedral rotations
-    (:class:`~transip_openmm.frames.FrameAveragedModel`; ~10x the cost).
+    (:class:`~transip_openmm.frames.FrameAveragedModel`; 24 model evaluations).
     """
     model = model.to(DTYPES[dtype]).eval()
     for p in model.parameters():
