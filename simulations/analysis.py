@@ -111,6 +111,28 @@ def compute_ramachandran(traj) -> tuple[np.ndarray, np.ndarray]:
     return np.degrees(phi), np.degrees(psi)
 
 
+def circular_stats_deg(angles_deg: np.ndarray) -> dict[str, float]:
+    """Circular statistics of angles in degrees (any shape, flattened; NaN ignored).
+
+    ``circular_mean_deg`` in [-180, 180): direction of the mean unit vector;
+    ``circular_std_deg``: sqrt(-2 ln R) in degrees; ``mean_resultant_length`` R in [0, 1]
+    (1: all equal, ~0: spread round the circle). A plain mean of -179° and 179° is 0°; the
+    circular mean is 180°.
+    """
+    from scipy import stats
+
+    a = np.asarray(angles_deg, dtype=np.float64).ravel()
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return {}
+    rad = np.radians(a)
+    resultant = float(np.hypot(np.mean(np.cos(rad)), np.mean(np.sin(rad))))
+    mean = float(np.degrees(stats.circmean(rad, high=np.pi, low=-np.pi)))
+    return {"circular_mean_deg": (mean + 180.0) % 360.0 - 180.0,
+            "circular_std_deg": float(np.degrees(stats.circstd(rad, high=np.pi, low=-np.pi))),
+            "mean_resultant_length": resultant, "n": int(a.size)}
+
+
 def compute_pair_distances(traj, centers: Sequence[int], partners: Sequence[int]) -> np.ndarray:
     """Distances (n_frames, n_centers * n_partners) in nm, minimum image if periodic."""
     import mdtraj

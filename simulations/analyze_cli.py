@@ -1,8 +1,10 @@
 """``transip analyze RUN_DIR``: PNG plots and ``analysis/summary.json`` for a simulation run.
 
 Always: potential/total energy, temperature and (periodic runs) density traces from
-``state_data.csv``. With a trajectory: RMSD of the solute (ML region), Ramachandran φ/ψ for
-peptides, and for ions the ion-oxygen RDFs and coordination numbers.
+``state_data.csv`` (energies relative to the first row). With a trajectory: RMSD of the solute
+(Å, to the first trajectory frame, said in the plot and in ``summary.json``), Ramachandran φ/ψ
+for peptides (circular statistics), and for ions the ion-oxygen RDFs and coordination numbers.
+Every quantity has one unit, named in its ``summary.json`` key.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from transip_openmm.simulations import analysis as A
+from transip_openmm.units import NM_TO_ANGSTROM
 
 logger = logging.getLogger(__name__)
 
@@ -38,21 +41,29 @@ def _stats(x: np.ndarray) -> dict[str, float]:
 
 
 def _plot_traces(data: dict[str, np.ndarray], out: Path, periodic: bool) -> Path:
+    """Energy (relative to the first row: an absolute ML energy is ~1e6 kJ/mol), temperature
+    and (periodic runs) density against time, one colour per stage."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("potential_kj_per_mol", "potential energy (kJ/mol)"), ("total_kj_per_mol", "total energy (kJ/mol)"),
-              ("temperature_k", "temperature (K)")]
+    panels = [("potential_kj_per_mol", "potential energy", True), ("total_kj_per_mol", "total energy", True),
+              ("temperature_k", "temperature (K)", False)]
     if periodic:
-        panels.append(("density_g_per_ml", "density (g/mL)"))
-    fig, axes = plt.subplots(len(panels), 1, figsize=(6, 2.0 * len(panels)), sharex=True)
-    for ax, (key, label) in zip(axes, panels):
+        panels.append(("density_g_per_ml", "density (g/mL)", False))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(6.5, 2.1 * len(panels)), sharex=True)
+    for ax, (key, label, relative) in zip(axes, panels):
+        offset = float(data[key][0]) if relative else 0.0
         for stage in dict.fromkeys(data["stage"]):
             m = data["stage"] == stage
-            ax.plot(data["time_ps"][m], data[key][m], lw=1, label=stage)
-        ax.set_ylabel(label, fontsize=8)
+            ax.plot(data["time_ps"][m], data[key][m] - offset, lw=1, label=stage)
+        if relative:
+            ax.set_ylabel(f"{label} − E₀\n(kJ/mol)", fontsize=8)
+            ax.set_title(f"{label}, E₀ = {offset:.1f} kJ/mol at t = {data['time_ps'][0]:g} ps", fontsize=8)
+        else:
+            ax.set_ylabel(label, fontsize=8)
+        ax.ticklabel_format(axis="y", useOffset=False)
     axes[0].legend(fontsize=7)
     axes[-1].set_xlabel("time (ps)")
     fig.tight_layout()
@@ -108,8 +119,13 @@ def analyze_run(run_dir: Path, out: Path) -> dict[str, Any]:
         pep = A.peptide_atoms(top)
         solute = pep if len(pep) else (ml if 0 < len(ml) < traj.n_atoms else np.arange(traj.n_atoms))
         heavy = np.array([i for i in solute if top.atom(int(i)).element.symbol != "H"]) if len(solute) else solute
-        rmsd = A.compute_rmsd(traj, heavy if len(heavy) >= 3 else solute)
-        summary["rmsd_nm"] = _stats(rmsd) | {"atoms": "solute heavy atoms"}
+        rmsd_atoms = heavy if len(heavy) >= 3 else solute
+        rmsd_angstrom = A.compute_rmsd(traj, rmsd_atoms) * NM_TO_ANGSTROM
+        reference = (f"trajectory frame 0 (t = {time[0]:g} ps), after optimal superposition of the same atoms"
+                     if len(time) else "trajectory frame 0")
+        summary["rmsd_angstrom"] = _stats(rmsd_angstrom) | {
+            "atoms": f"solute {'heavy ' if rmsd_atoms is heavy else ''}atoms ({len(rmsd_atoms)})",
+            "reference": reference}
         with quiet_stdout():
             start = mdtraj.load(str(run_dir / "topology.pdb"))
         stretch = A.compute_bond_stretch(traj, start, solute)
@@ -138,9 +154,11 @@ def analyze_run(run_dir: Path, out: Path) -> dict[str, Any]:
                 logger.warning("the solute's chemistry changed: %d bond(s) the topology does not have "
                                "from t = %.2f ps on (see bonds in summary.json)", new_bonds.max(), time[formed[0]])
         fig, ax = plt.subplots(figsize=(6, 2.5))
-        ax.plot(time, rmsd * 10, lw=1)
+        ax.plot(time, rmsd_angstrom, lw=1)
         ax.set_xlabel("time (ps)")
         ax.set_ylabel("RMSD (Å)")
+        ax.set_title(f"{summary['rmsd_angstrom']['atoms']}, superposed on trajectory frame 0"
+                     + (f" (t = {time[0]:g} ps)" if len(time) else ""), fontsize=8)
         fig.tight_layout()
         fig.savefig(out / "rmsd.png", dpi=80)
         plt.close(fig)
@@ -150,15 +168,18 @@ def analyze_run(run_dir: Path, out: Path) -> dict[str, Any]:
             phi, psi = A.compute_ramachandran(traj)
             if phi.size and psi.size:
                 n = min(phi.shape[1], psi.shape[1])
-                summary["ramachandran_deg"] = {"phi": _stats(phi[:, :n]), "psi": _stats(psi[:, :n]),
-                                              "n_angle_pairs": int(n)}
-                fig, ax = plt.subplots(figsize=(4, 4))
-                ax.scatter(phi[:, :n].ravel(), psi[:, :n].ravel(), s=6, c=np.repeat(time, n), cmap="viridis")
+                summary["ramachandran_deg"] = {"phi": A.circular_stats_deg(phi[:, :n]),
+                                              "psi": A.circular_stats_deg(psi[:, :n]),
+                                              "n_angle_pairs": int(n),
+                                              "statistics": "circular (mean direction; std = sqrt(-2 ln R))"}
+                fig, ax = plt.subplots(figsize=(4.8, 4))
+                points = ax.scatter(phi[:, :n].ravel(), psi[:, :n].ravel(), s=6, c=np.repeat(time, n), cmap="viridis")
+                fig.colorbar(points, ax=ax, label="time (ps)")
                 ax.set_xlim(-180, 180)
                 ax.set_ylim(-180, 180)
                 ax.set_xlabel("φ (deg)")
                 ax.set_ylabel("ψ (deg)")
-                ax.set_title("Ramachandran (colour: time)", fontsize=9)
+                ax.set_title("Ramachandran", fontsize=9)
                 fig.tight_layout()
                 fig.savefig(out / "ramachandran.png", dpi=80)
                 plt.close(fig)

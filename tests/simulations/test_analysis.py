@@ -103,3 +103,59 @@ def test_new_bonds_across_a_periodic_boundary_are_found_by_minimum_image():
     assert count_new_bonds(frame, numbers, bonds).tolist() == [0]
     assert count_new_bonds(frame, numbers, bonds, boxes_nm=box[None]).tolist() == [1]
     assert new_bond_pairs(frame, numbers, bonds, box_nm=box).tolist() == [[0, 2]]
+
+
+def test_circular_statistics_of_angles_across_the_wrap() -> None:
+    """-170° and 170° are 20° apart round ±180°: the circular mean is 180°, not the plain 0°."""
+    stats = A.circular_stats_deg(np.array([-170.0, 170.0, -175.0, 175.0]))
+    assert abs(abs(stats["circular_mean_deg"]) - 180.0) < 1e-9
+    assert stats["circular_std_deg"] == pytest.approx(7.9, abs=0.1)  # sqrt(-2 ln R), R = (cos 10° + cos 5°) / 2
+    assert 0.99 < stats["mean_resultant_length"] <= 1.0
+    same = A.circular_stats_deg(np.full(5, 42.0))
+    assert same["circular_mean_deg"] == pytest.approx(42.0) and same["circular_std_deg"] == pytest.approx(0.0, abs=1e-6)
+    spread = A.circular_stats_deg(np.arange(-180.0, 180.0, 10.0))
+    assert spread["mean_resultant_length"] < 1e-9  # uniform round the circle
+
+
+def _fake_run(run: Path) -> mdtraj.Trajectory:
+    """A run directory as `transip simulate` leaves it: alanine dipeptide, 6 distorted frames."""
+    import csv
+    import json
+
+    from transip_openmm.simulations.runner import CSV_COLUMNS
+
+    run.mkdir()
+    start = mdtraj.load(str(INPUTS / "alanine-dipeptide.pdb"))
+    start.save_pdb(str(run / "topology.pdb"))
+    rng = np.random.default_rng(1)
+    traj = mdtraj.join([start] * 6)
+    traj.xyz = traj.xyz + rng.normal(0, 0.01, traj.xyz.shape).astype(np.float32)
+    traj.save_dcd(str(run / "trajectory.dcd"))
+    (run / "run.json").write_text(json.dumps({"protocol": "fake", "trajectory": "trajectory.dcd", "timestep_fs": 0.5,
+                                              "frame_interval_ps": 0.05, "frame_steps": list(range(100, 700, 100)),
+                                              "ml_atoms": list(range(22))}))
+    with open(run / "state_data.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(CSV_COLUMNS)
+        for k in range(6):
+            writer.writerow(["2-production", 100 * (k + 1), 0.05 * (k + 1), -1.3e6 + k, 50.0, -1.3e6 + 50 + k,
+                             300.0, "nan", "nan", 100.0, 1.0])
+    return traj
+
+
+def test_summary_states_units_reference_and_circular_angles(tmp_path: Path) -> None:
+    from transip_openmm.simulations.analyze_cli import analyze_run
+
+    traj = _fake_run(tmp_path / "run")
+    summary = analyze_run(tmp_path / "run", tmp_path / "run" / "analysis")
+    assert "rmsd_nm" not in summary
+    rmsd = summary["rmsd_angstrom"]
+    heavy = [a.index for a in traj.topology.atoms if a.element.symbol != "H"]
+    expected = mdtraj.rmsd(mdtraj.load(str(tmp_path / "run" / "trajectory.dcd"), top=str(tmp_path / "run" / "topology.pdb")),
+                           traj, 0, atom_indices=heavy) * 10.0  # nm -> Å
+    assert rmsd["max"] == pytest.approx(float(expected.max()), rel=1e-4)
+    assert "frame 0 (t = 0.05 ps)" in rmsd["reference"] and "heavy atoms (10)" in rmsd["atoms"]
+    phi, _ = A.compute_ramachandran(traj)
+    assert summary["ramachandran_deg"]["phi"]["circular_mean_deg"] == pytest.approx(
+        A.circular_stats_deg(phi)["circular_mean_deg"], abs=0.05)
+    assert set(Path(p).name for p in summary["plots"]) == {"traces.png", "rmsd.png", "ramachandran.png"}
