@@ -158,6 +158,11 @@ CASES: Dict[str, Builder] = {
          str(_write(t, "nan.xyz", "2\nenergy=-1.0 Properties=species:S:1:pos:R:3:forces:R:3\n"
                                   "H 0 0 0 0 0 0\nH nan 0 0.7 0 0 0\n")),
          "--json", str(t / "m.json")], match="NaN"),
+    "evaluate: multiplicity 2 on closed-shell water in the data": lambda t, a: Case(
+        ["evaluate", str(_copy(a["ckpt"], t)),
+         str(_write(t, "w.xyz", "3\nenergy=-1.0 multiplicity=2 Properties=species:S:1:pos:R:3:forces:R:3\n"
+                                "O 0 0 0 0 0 0\nH 0.96 0 0 0 0 0\nH -0.24 0.93 0 0 0 0\n")),
+         "--json", str(t / "m.json")], match="multiplicity 2 is impossible with 10 electrons"),
     "evaluate: data element unknown to the model": lambda t, a: Case(
         ["evaluate", str(_copy(a["ckpt"], t)), str(OMOL), "--json", str(t / "m.json")], match="element"),
     # ---- transip export

@@ -95,6 +95,10 @@ def validate_molecule(mol: Molecule, elements: Optional[Sequence[int]] = None) -
         raise DataError(f"{where}: total charge {mol.charge} outside ±{MAX_ABS_CHARGE}")
     if not 1 <= int(mol.multiplicity) <= MAX_MULTIPLICITY:
         raise DataError(f"{where}: multiplicity {mol.multiplicity} outside 1..{MAX_MULTIPLICITY}")
+    n_electrons = int(numbers.sum()) - int(mol.charge)
+    if (int(mol.multiplicity) - 1) % 2 != n_electrons % 2 or int(mol.multiplicity) - 1 > n_electrons:
+        raise DataError(f"{where}: multiplicity {mol.multiplicity} is impossible with {n_electrons} electrons "
+                        f"(charge {mol.charge}); check the charge and multiplicity keys of the file")
 
 
 @runtime_checkable

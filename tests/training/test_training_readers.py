@@ -49,13 +49,13 @@ def test_extxyz_charge_and_multiplicity_spellings(tmp_path):
     text = (
         "2\nProperties=species:S:1:pos:R:3:forces:R:3 energy=-1.5 charge=-1 spin=2 pbc=\"F F F\"\n"
         "H 0 0 0 0.1 0 0\nH 0 0 0.74 -0.1 0 0\n"
-        "2\nProperties=species:S:1:pos:R:3:forces:R:3 energy=-1.0 total_charge=1 multiplicity=3 pbc=\"F F F\"\n"
+        "2\nProperties=species:S:1:pos:R:3:forces:R:3 energy=-1.0 total_charge=-2 multiplicity=3 pbc=\"F F F\"\n"
         "H 0 0 0 0.1 0 0\nH 0 0 0.74 -0.1 0 0\n"
     )
     path = tmp_path / "h2.xyz"
     path.write_text(text)
     d = read_extxyz(path)
-    assert [(m.charge, m.multiplicity) for m in d] == [(-1, 2), (1, 3)]
+    assert [(m.charge, m.multiplicity) for m in d] == [(-1, 2), (-2, 3)]
     assert d[0].energy == -1.5
     np.testing.assert_allclose(d[0].forces[0], [0.1, 0, 0])
 
