@@ -78,6 +78,9 @@ def build_metadata(checkpoint: Dict[str, Any], spec: Optional[SystemSpec], dtype
             "charge": None if spec is None else spec.charge,
             "multiplicity": None if spec is None else spec.multiplicity,
             "model_inputs": "total charge (e) and spin multiplicity 2S+1 of the ML region, embedded per token",
+            # [[charge, multiplicity], ...] of the training structures, when the checkpoint
+            # records them; None: unknown
+            "trained_on": _trained_charge_multiplicity(checkpoint),
         },
         "interface": {
             "forward": "forward(positions (n_particles, 3) nm[, box (3, 3) nm]) -> (energy kJ/mol, forces kJ/mol/nm)",
@@ -106,6 +109,15 @@ def build_metadata(checkpoint: Dict[str, Any], spec: Optional[SystemSpec], dtype
         "source_checkpoint": source,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _trained_charge_multiplicity(checkpoint: Dict[str, Any]) -> Optional[list]:
+    """Sorted distinct (charge, multiplicity) pairs of the training data, from the checkpoint's
+    ``training_charge_multiplicity``; None when the checkpoint does not record them."""
+    pairs = checkpoint.get("training_charge_multiplicity")
+    if pairs is None:
+        return None
+    return sorted([int(q), int(m)] for q, m in {(int(q), int(m)) for q, m in pairs})
 
 
 def _portable_config(config: Any) -> Any:

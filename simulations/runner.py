@@ -373,13 +373,20 @@ class Runner:
         before = self._check(sim)
         if not before.ok:
             self._blow_up(sim, index, stage, 0, before)
+        counter = _IterationCounter()
         sim.minimizeEnergy(tolerance=stage.tolerance_kj_per_mol_nm * unit.kilojoule_per_mole / unit.nanometer,
-                           maxIterations=stage.max_iterations)
+                           maxIterations=stage.max_iterations, reporter=counter)
         after = self._check(sim)
         if not after.ok:
             self._blow_up(sim, index, stage, 0, after)
         logger.info("minimised: %.2f -> %.2f kJ/mol, max force %.1f kJ/mol/nm", before.potential,
                     after.potential, after.max_force)
+        if stage.max_iterations and counter.hit_limit(stage.max_iterations):
+            logger.warning(
+                "stage %d %r: the minimiser stopped at its iteration limit (stages[%d].max_iterations: %d) before "
+                "the forces fell to the tolerance (%g kJ/mol/nm; max force now %.1f kJ/mol/nm): MD starts from an "
+                "unconverged structure; raise max_iterations (0: no limit)", index + 1, stage.name, index,
+                stage.max_iterations, stage.tolerance_kj_per_mol_nm, after.max_force)
         # velocities for the first MD stage after minimisation
         sim.context.setVelocitiesToTemperature(self.protocol.integrator.temperature_k * unit.kelvin,
                                                self.protocol.seed + index)
@@ -584,6 +591,24 @@ class Runner:
                     f"{info['ns_per_day']:.3f} ns/day" if info["ns_per_day"] else "no MD",
                     traj, info["trajectory_frames"])
         return info
+
+
+class _IterationCounter(openmm.MinimizationReporter):
+    """Records the highest L-BFGS iteration index the minimiser reports (it restarts from 0
+    each time the minimiser tightens its constraint restraints)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last = -1
+
+    def report(self, iteration, x, grad, args) -> bool:
+        self.last = max(self.last, int(iteration))
+        return False
+
+    def hit_limit(self, max_iterations: int) -> bool:
+        """Whether a run of L-BFGS used all ``max_iterations`` (then it stopped there, not by
+        converging to the tolerance)."""
+        return self.last + 1 >= max_iterations
 
 
 class _NullCloser:

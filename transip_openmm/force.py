@@ -116,6 +116,27 @@ def system_spec_for(
     return baked
 
 
+def warn_if_untrained_charge_multiplicity(meta: Dict[str, Any], charge: int, multiplicity: int,
+                                          source: str) -> None:
+    """``logging.warning`` when the ML region's charge/multiplicity is outside what the model's
+    metadata says it was trained on (``charge_multiplicity.trained_on``), or, for a charged or
+    open-shell region, when the metadata does not say (models exported before it was recorded)."""
+    trained = (meta.get("charge_multiplicity") or {}).get("trained_on")
+    if trained is None:
+        if (charge, multiplicity) != (0, 1):
+            logger.warning("the ML region has charge %+d and multiplicity %d, but %s does not record the charges "
+                           "and multiplicities of its training data: check that it was trained on such systems "
+                           "(a model trained only on neutral singlets gives unreliable results here)",
+                           charge, multiplicity, source)
+        return
+    pairs = {(int(q), int(m)) for q, m in trained}
+    if (charge, multiplicity) not in pairs:
+        seen = ", ".join(f"({q:+d}, {m})" for q, m in sorted(pairs))
+        logger.warning("the ML region has charge %+d and multiplicity %d, but %s was trained only on "
+                       "(charge, multiplicity) %s: expect unreliable energies and forces; use a model trained "
+                       "on such systems", charge, multiplicity, source, seen)
+
+
 def model_sees_periodic_images(meta: Dict[str, Any]) -> bool:
     """Whether an exported model takes the box itself (relative positions and local attention,
     no frame averaging), from its metadata; any other model sees the ML region as one cluster."""
@@ -233,6 +254,7 @@ def TransIPForce(
     module, meta = load_exported(model_path)
     spec = system_spec_for(meta, topology, charge, multiplicity, atoms, str(model_path))
     specialise_module(module, spec)
+    warn_if_untrained_charge_multiplicity(meta, spec.charge, spec.multiplicity, model_path.name)
     if periodic is None:
         periodic = topology is not None and topology.getPeriodicBoxVectors() is not None
     if periodic:

@@ -245,3 +245,21 @@ def test_mismatched_resume_is_refused_in_one_line_and_touches_nothing(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot resume" in err[0] and named in err[0], err
     assert _snapshot(run) == before
+
+
+@pytest.mark.parametrize("max_iterations, warned", [(3, True), (0, False)])
+def test_unconverged_minimisation_is_warned_about(max_iterations: int, warned: bool, tmp_path: Path, caplog) -> None:
+    path = tmp_path / "min.yaml"
+    path.write_text(f"""
+system: {{structure: {INPUTS / 'alanine-dipeptide.pdb'}}}
+model: {{path: none, forcefield: [amber14-all.xml]}}
+stages: [{{type: minimize, max_iterations: {max_iterations}}}, {{type: nvt, steps: 10}}]
+reporters: {{trajectory: {{interval: 10}}, state_data: {{interval: 10}}, checkpoint: {{interval: 10}}}}
+platform: Reference
+""")
+    with caplog.at_level("WARNING", logger="transip_openmm.simulations.runner"):
+        run_protocol(load_protocol(path), tmp_path / "run", show_progress=False)
+    messages = [r.getMessage() for r in caplog.records if "iteration limit" in r.getMessage()]
+    assert len(messages) == int(warned)
+    if warned:
+        assert "stages[0].max_iterations: 3" in messages[0]
