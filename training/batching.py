@@ -1,14 +1,15 @@
-"""Padded batches of molecules and a max-atoms-per-batch sampler with rank sharding."""
+"""Padded batches of molecules, a resumable max-atoms-per-batch sampler with rank sharding,
+and the DataLoader whose workers decode and collate."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, List, Sequence
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
-from transip_openmm.training.dataset import MoleculeDataset
+from transip_openmm.training.dataset import DataError, LabelledDataset
 
 
 @dataclass
@@ -17,7 +18,8 @@ class Batch:
 
     numbers (B, N) int64; positions (B, N, 3) Å; mask (B, N) bool; charge (B,) int64;
     multiplicity (B,) int64; energy (B,) eV; forces (B, N, 3) eV/Å (0 on padding);
-    n_atoms (B,) int64; has_energy (B,) bool (False: force-only record, energy unused).
+    n_atoms (B,) int64; has_energy (B,) bool (False: force-only record, energy unused);
+    indices (B,) int64: the structures' indices in their dataset.
     """
 
     numbers: Tensor
@@ -29,6 +31,7 @@ class Batch:
     forces: Tensor
     n_atoms: Tensor
     has_energy: Tensor
+    indices: Optional[Tensor] = None
 
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> "Batch":
         return Batch(
@@ -41,14 +44,20 @@ class Batch:
             forces=self.forces.to(device, dtype),
             n_atoms=self.n_atoms.to(device),
             has_energy=self.has_energy.to(device),
+            indices=self.indices,
         )
+
+    def pin_memory(self) -> "Batch":
+        """A copy in page-locked memory (the DataLoader calls this with ``pin_memory``)."""
+        return Batch(**{k: v.pin_memory() if k != "indices" and v is not None else v
+                        for k, v in self.__dict__.items()})
 
     @property
     def size(self) -> int:
         return int(self.numbers.shape[0])
 
 
-def collate(dataset: MoleculeDataset, indices: Sequence[int]) -> Batch:
+def collate(dataset: LabelledDataset, indices: Sequence[int]) -> Batch:
     """Pad the structures ``indices`` of ``dataset`` into one :class:`Batch` (float64 on CPU)."""
     mols = [dataset[i] for i in indices]
     b = len(mols)
@@ -73,11 +82,39 @@ def collate(dataset: MoleculeDataset, indices: Sequence[int]) -> Batch:
         forces=forces,
         n_atoms=torch.tensor([m.n_atoms for m in mols], dtype=torch.int64),
         has_energy=torch.tensor([bool(m.has_energy) for m in mols], dtype=torch.bool),
+        indices=torch.tensor([int(i) for i in indices], dtype=torch.int64),
     )
 
 
-def make_batches(n_atoms: Sequence[int], max_atoms: int, shuffle: bool, seed: int = 0,
-                 chunk: int = 64) -> List[List[int]]:
+@dataclass
+class BatchPlan:
+    """Batches as two arrays: structure indices ``order`` (M,) int64 in batch order and
+    ``starts`` (K + 1,) int64, batch k being ``order[starts[k]:starts[k + 1]]`` (a few bytes
+    a structure instead of a Python list of lists)."""
+
+    order: np.ndarray
+    starts: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.starts.shape[0] - 1)
+
+    def __getitem__(self, k: int) -> List[int]:
+        return self.order[self.starts[k]:self.starts[k + 1]].tolist()
+
+    def take(self, batch_ids: np.ndarray) -> "BatchPlan":
+        """The plan of batches ``batch_ids`` in that order."""
+        sizes = np.diff(self.starts)[batch_ids]
+        starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        order = (np.concatenate([self.order[self.starts[k]:self.starts[k + 1]] for k in batch_ids.tolist()])
+                 if len(batch_ids) else np.zeros(0, np.int64))
+        return BatchPlan(order.astype(np.int64), starts)
+
+    def as_lists(self) -> List[List[int]]:
+        return [self[k] for k in range(len(self))]
+
+
+def plan_batches(n_atoms: Sequence[int], max_atoms: int, shuffle: bool, seed: int = 0,
+                 chunk: int = 64) -> BatchPlan:
     """Group structure indices into batches whose *padded* size B·N_max ≤ ``max_atoms``.
 
     With ``shuffle``, indices are permuted with ``seed``, then sorted by size inside
@@ -91,36 +128,44 @@ def make_batches(n_atoms: Sequence[int], max_atoms: int, shuffle: bool, seed: in
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(n_atoms)) if shuffle else np.arange(len(n_atoms))
     mean_n = max(float(n_atoms.mean()) if len(n_atoms) else 1.0, 1.0)
-    window = max(1, int(chunk * max_atoms / mean_n)) if shuffle else len(order)
-    batches: List[List[int]] = []
-    for start in range(0, len(order), max(window, 1)):
+    window = max(1, int(chunk * max_atoms / mean_n)) if shuffle else max(len(order), 1)
+    starts: List[int] = []
+    for start in range(0, len(order), window):
         part = order[start:start + window]
         if shuffle:
             part = part[np.argsort(n_atoms[part], kind="stable")]
-        current: List[int] = []
-        current_max = 0
-        for idx in part.tolist():
-            new_max = max(current_max, int(n_atoms[idx]))
-            if current and new_max * (len(current) + 1) > max_atoms:
-                batches.append(current)
-                current, new_max = [], int(n_atoms[idx])
-            current.append(idx)
+            order[start:start + window] = part
+        count = current_max = 0
+        for pos, n in enumerate(n_atoms[part].tolist()):
+            new_max = max(current_max, n)
+            if count and new_max * (count + 1) > max_atoms:
+                starts.append(start + pos - count)
+                count, new_max = 0, n
+            count += 1
             current_max = new_max
-        if current:
-            batches.append(current)
+        if count:
+            starts.append(start + len(part) - count)
+    plan = BatchPlan(order.astype(np.int64), np.array(starts + [len(order)], dtype=np.int64))
     if shuffle:
-        perm = rng.permutation(len(batches))
-        batches = [batches[i] for i in perm]
-    return batches
+        plan = plan.take(rng.permutation(len(plan)))
+    return plan
+
+
+def make_batches(n_atoms: Sequence[int], max_atoms: int, shuffle: bool, seed: int = 0,
+                 chunk: int = 64) -> List[List[int]]:
+    """:func:`plan_batches` as a list of index lists."""
+    return plan_batches(n_atoms, max_atoms, shuffle, seed, chunk).as_lists()
 
 
 class MaxAtomsBatchSampler:
-    """Epoch-seeded batches of at most ``max_atoms`` padded atoms, sharded over ranks.
+    """Epoch-seeded batches of at most ``max_atoms`` padded atoms, sharded over ranks, resumable.
 
-    Every rank builds the same batch list for an epoch (seed ``seed + epoch``) and takes
-    every ``world_size``-th batch starting at ``rank``; the list is truncated to a
-    multiple of ``world_size`` so all ranks take the same number of steps
-    (the DistributedSampler contract, applied to batches).
+    Every rank builds the same batch plan for an epoch (seed ``seed + 1000003 · epoch``) and
+    takes every ``world_size``-th batch starting at ``rank``; the plan is truncated to a
+    multiple of ``world_size`` so all ranks take the same number of steps (the
+    DistributedSampler contract, applied to batches). Iterating yields this rank's batches of
+    the epoch and position set by :meth:`set_epoch`: ``set_epoch(e, p)`` then ``iter`` gives
+    exactly the batches an uninterrupted pass over epoch ``e`` gives after its first ``p``.
     """
 
     def __init__(self, n_atoms: Sequence[int], max_atoms: int, shuffle: bool = True,
@@ -133,19 +178,69 @@ class MaxAtomsBatchSampler:
         self.world_size = int(world_size)
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.epoch = 0
+        self.start = 0
+        self._cached: Optional[Tuple[int, BatchPlan]] = None
+
+    def plan(self, epoch: int) -> BatchPlan:
+        """This rank's batches of ``epoch`` (the last epoch's plan is cached)."""
+        if self._cached is None or self._cached[0] != epoch:
+            full = plan_batches(self.n_atoms, self.max_atoms, self.shuffle, self.seed + 1000003 * epoch)
+            usable = (len(full) // self.world_size) * self.world_size
+            if usable == 0:
+                raise DataError(
+                    f"{len(full)} batch(es) per epoch cannot be shared by {self.world_size} ranks: "
+                    "lower data.max_atoms_per_batch or add data"
+                )
+            self._cached = (epoch, full.take(np.arange(self.rank, usable, self.world_size)))
+        return self._cached[1]
 
     def batches(self, epoch: int) -> List[List[int]]:
-        """This rank's batches of ``epoch``."""
-        all_batches = make_batches(self.n_atoms, self.max_atoms, self.shuffle, self.seed + 1000003 * epoch)
-        usable = (len(all_batches) // self.world_size) * self.world_size
-        if usable == 0:
-            raise ValueError(
-                f"{len(all_batches)} batch(es) per epoch cannot be shared by {self.world_size} ranks"
-            )
-        return all_batches[self.rank:usable:self.world_size]
+        """This rank's batches of ``epoch`` as index lists."""
+        return self.plan(epoch).as_lists()
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Make the next iteration yield batches ``start``, ``start + 1``, ... of ``epoch``."""
+        self.epoch, self.start = int(epoch), int(start)
 
     def __iter__(self) -> Iterator[List[int]]:
-        return iter(self.batches(0))
+        plan = self.plan(self.epoch)
+        for k in range(self.start, len(plan)):
+            yield plan[k]
 
     def __len__(self) -> int:
-        return len(self.batches(0))
+        return max(0, len(self.plan(self.epoch)) - self.start)
+
+
+class CollatedBatches(torch.utils.data.Dataset):
+    """Map-style dataset whose item ``indices`` (a batch of the sampler) is the collated
+    :class:`Batch`: a DataLoader worker decodes and pads a whole batch."""
+
+    def __init__(self, dataset: LabelledDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, indices: List[int]) -> Batch:
+        return collate(self.dataset, indices)
+
+
+def _keep(batch: Batch) -> Batch:
+    return batch
+
+
+def make_loader(dataset: LabelledDataset, sampler: MaxAtomsBatchSampler, num_workers: int = 0,
+                prefetch_factor: int = 2, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """A DataLoader of collated batches in ``sampler`` order; ``num_workers`` processes
+    decode and collate (0: the main process). Workers persist across epochs; set the epoch
+    and start position on ``sampler`` before each ``iter(loader)``. The loader draws its
+    worker seeds from its own generator: starting workers never changes the global RNG, so
+    a run with workers, without them, or resumed, initialises and trains identically."""
+    workers = int(num_workers)
+    return torch.utils.data.DataLoader(
+        CollatedBatches(dataset), sampler=sampler, batch_size=None, collate_fn=_keep,
+        num_workers=workers, persistent_workers=workers > 0,
+        prefetch_factor=int(prefetch_factor) if workers > 0 else None, pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(0),  # worker seeds; leaves the global RNG alone
+    )

@@ -24,6 +24,10 @@ from transip_openmm.errors import TransIPError
 T = TypeVar("T")
 
 
+#: run.precision values: float32 throughout, or the Transformer blocks under bfloat16 autocast
+PRECISIONS = ("float32", "bf16")
+
+
 class ConfigError(TransIPError, ValueError):
     """The training configuration is invalid."""
 
@@ -43,6 +47,15 @@ class DataConfig:
     files at *other* levels of theory: their forces train the model, their energies are
     never used (energies of different levels cannot share one set of element references);
     they take no part in the split, the reference fit or validation.
+
+    Paths in ``train``, ``val`` and ``force_only`` may be files, directories or glob patterns
+    of ``.aselmdb`` shards. ``lazy``: open ``.aselmdb`` data as a lazy sharded dataset (an
+    index in memory, records decoded on demand by the loader's workers; the index is cached
+    beside the shards) instead of reading every record into memory; default (null): lazy
+    for directories, globs and ``.aselmdb`` files, in memory for everything else.
+    ``stats_sample``: the number of training structures (a seeded random sample) the
+    element references, the energy scale and the force RMS are computed from, by a
+    streaming pass; null: all of them.
     """
 
     train: List[str] = field(default_factory=list)
@@ -58,6 +71,8 @@ class DataConfig:
     max_train: Optional[int] = None
     max_val: Optional[int] = None
     elements: Optional[List[int]] = None
+    lazy: Optional[bool] = None
+    stats_sample: Optional[int] = None
 
 
 @dataclass
@@ -115,11 +130,20 @@ class OptimConfig:
     min_lr_ratio: float = 0.05
     grad_clip: float = 10.0
     ema_decay: Optional[float] = None
+    accumulate: int = 1
 
 
 @dataclass
 class RunConfig:
-    """Logging, validation and checkpoint cadence (in optimiser steps)."""
+    """Logging, validation and checkpoint cadence (in optimiser steps), and how to execute.
+
+    ``num_workers``: DataLoader worker processes that decode and collate batches (0: the
+    main process); ``prefetch_factor``: batches each worker prepares ahead. ``precision``:
+    ``float32`` or ``bf16`` (the Transformer blocks under bfloat16 autocast; geometry
+    features, energies, forces, losses and the master weights stay float32; meant for
+    CUDA, allowed on the CPU; see ``precision.py``). These may change between a run and
+    its resumption (``precision`` changes the numbers slightly).
+    """
 
     log_every: int = 10
     val_every: int = 200
@@ -129,6 +153,9 @@ class RunConfig:
     device: str = "cpu"
     threads: Optional[int] = None
     progress: bool = True
+    num_workers: int = 0
+    prefetch_factor: int = 4
+    precision: str = "float32"
 
 
 @dataclass
@@ -177,6 +204,16 @@ class TrainConfig:
             raise ConfigError("data.val_fraction and data.test_fraction must be in [0, 1)")
         if self.optim.max_steps < 1:
             raise ConfigError("optim.max_steps must be ≥ 1")
+        if self.optim.accumulate < 1:
+            raise ConfigError(f"optim.accumulate must be ≥ 1 (micro-batches per step), got {self.optim.accumulate}")
+        if self.run.precision not in PRECISIONS:
+            raise ConfigError(f"run.precision must be one of {PRECISIONS}, got {self.run.precision!r}")
+        if self.run.num_workers < 0 or self.run.prefetch_factor < 1:
+            raise ConfigError("run.num_workers must be ≥ 0 and run.prefetch_factor ≥ 1, got "
+                              f"{self.run.num_workers} and {self.run.prefetch_factor}")
+        if self.data.stats_sample is not None and self.data.stats_sample < 1:
+            raise ConfigError(f"data.stats_sample must be a positive number of structures or null, "
+                              f"got {self.data.stats_sample}")
         es = self.objective.energy_scale
         if isinstance(es, str) and es not in ("residual", "force_rms"):
             raise ConfigError(f"objective.energy_scale must be 'residual', 'force_rms' or a number, got {es!r}")

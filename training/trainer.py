@@ -1,15 +1,19 @@
 """The trainer: data → model → losses → AdamW steps → logs, checkpoints, validation.
 
-Reproducibility: the batch order of epoch e is a function of (seed, e) and the random
-rotations of step s are drawn from a generator seeded with (seed, s, rank), so a run
-resumed from ``last.ckpt`` repeats the uninterrupted run's steps exactly. Distributed
-training (``torchrun``) uses DistributedDataParallel; every rank builds the same batch
-list and takes every world_size-th batch.
+Data: a DataLoader whose workers (``run.num_workers``) decode and collate batches of a
+lazy sharded dataset or of records in memory. Reproducibility: the batch order of epoch e
+is a function of (seed, e) and the random rotations of step s are drawn from a generator
+seeded with (seed, s, rank, micro-batch), so a run resumed from ``last.ckpt`` (which
+stores the epoch and the batches of it already consumed) repeats the uninterrupted run's
+batches and steps exactly, also mid-epoch. Distributed training (``torchrun``) uses
+DistributedDataParallel; every rank builds the same batch plan and takes every
+world_size-th batch. The element references are fitted once (streaming) and owned by
+:class:`~transip_openmm.training.checkpoint.TrainingCheckpoint`'s ``element_energies``.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import csv
 import dataclasses
 import json
@@ -20,22 +24,24 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
-from transip_openmm.training.batching import MaxAtomsBatchSampler, collate
-from transip_openmm.training.config import ConfigError, TrainConfig, save_config
-from transip_openmm.training.dataset import MoleculeDataset
+from transip_openmm.training.batching import Batch, MaxAtomsBatchSampler, make_loader
+from transip_openmm.training.checkpoint import DataPosition, TrainingCheckpoint, with_references, without_references
+from transip_openmm.training.config import ConfigError, TrainConfig, config_from_dict, save_config
+from transip_openmm.training.dataset import DataError, LabelledDataset, concatenate
 from transip_openmm.training.evaluate import ModelPredictor, evaluate
 from transip_openmm.training.objectives import TrainingModule, random_rotations
+from transip_openmm.training.precision import BlockAutocast, peak_memory_mb
 from transip_openmm.training.readers import read_datasets
-from transip_openmm.training.references import fit_references, force_rms
+from transip_openmm.training.references import DataStatistics, data_statistics
+from transip_openmm.training.shards import find_shards, is_shard_spec, open_shards
 from transip_openmm.training.splits import config_parts
 
-from transip_openmm.artifacts import load_checkpoint, save_checkpoint
 from transip_openmm.model import TransIPModel, count_parameters
 from transip_openmm.units import MEV_PER_EV
 
@@ -44,6 +50,7 @@ logger = logging.getLogger(__name__)
 LOG_FIELDS = [
     "step", "epoch", "lr", "loss", "loss_energy", "loss_force", "loss_equiv",
     "train_energy_mae_meV_per_atom", "train_force_mae_meV_per_A", "structures_per_s", "atoms_per_s",
+    "peak_memory_MB",
     "val_energy_mae_meV", "val_energy_mae_meV_per_atom", "val_force_mae_meV_per_A",
     "val_force_rmse_meV_per_A", "val_force_cos_mean", "val_rot_energy_std_meV", "val_rot_force_err_rel",
     "elapsed_s",
@@ -52,26 +59,73 @@ LOG_FIELDS = [
 
 @dataclass
 class PreparedData:
-    train: MoleculeDataset
-    val: MoleculeDataset
+    train: LabelledDataset
+    val: LabelledDataset
     elements: List[int]
     data_hash: str
 
 
-def prepare_data(cfg: TrainConfig) -> PreparedData:
-    """Read, validate and split the data of ``cfg``."""
+def _lazy(path: Path, lazy: Optional[bool]) -> bool:
+    shard_like = is_shard_spec(path)
+    if lazy and not shard_like:
+        raise ConfigError(f"data.lazy is true but {path} is not .aselmdb shards (a file, a directory or a glob): "
+                          "only shards are read lazily; set data.lazy to null to read other files into memory")
+    return shard_like if lazy is None else bool(lazy)
+
+
+def open_data(cfg: TrainConfig, paths: Sequence[str]) -> LabelledDataset:
+    """The records of ``paths`` (files, directories or globs of shards, resolved against
+    ``data.root``): consecutive shard paths as one lazy dataset when ``data.lazy`` allows,
+    everything else read into memory; in the order given."""
     elements = cfg.data.elements
-    train_files = [cfg.resolve(p) for p in cfg.data.train]
-    full = read_datasets(train_files, elements)
-    train, val, _ = config_parts(cfg, full)  # a held-out test part is never seen here
+    parts: List[LabelledDataset] = []
+    pending: List[Path] = []
+    for raw in paths:
+        path = cfg.resolve(raw)
+        if _lazy(path, cfg.data.lazy):
+            pending.append(path)
+            continue
+        if pending:
+            parts.append(open_shards(pending, elements))
+            pending = []
+        files = find_shards(path) if (path.is_dir() or not path.exists()) else [path]
+        parts.append(read_datasets(files, elements))
+    if pending:
+        parts.append(open_shards(pending, elements))
+    return concatenate(parts)
+
+
+def levels_of_theory(dataset: LabelledDataset) -> List[str]:
+    """Distinct stated levels of theory of the records whose energies count."""
+    levels = getattr(dataset, "levels_of_theory", None)
+    if levels is None:
+        levels = sorted({m.level_of_theory for m in dataset})
+    return [lvl for lvl in levels if lvl]
+
+
+def prepare_data(cfg: TrainConfig) -> PreparedData:
+    """Open, validate and split the data of ``cfg`` (lazily where ``data.lazy`` allows)."""
+    elements = cfg.data.elements
+    full = open_data(cfg, cfg.data.train)
+    if cfg.data.val:  # validation files: opened here (lazily when they are shards)
+        no_val = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, val=[], val_fraction=0.0))
+        train, _, _ = config_parts(no_val, full)
+        val = open_data(cfg, cfg.data.val)
+    else:
+        train, val, _ = config_parts(cfg, full)  # a held-out test part is never seen here
     if cfg.data.max_train is not None:
         train = train.subset(range(min(cfg.data.max_train, len(train))))
     if cfg.data.max_val is not None:
         val = val.subset(range(min(cfg.data.max_val, len(val))))
+    levels = levels_of_theory(train)
+    if len(levels) > 1:
+        raise DataError(f"data.train mixes energies of {len(levels)} levels of theory ({', '.join(levels)}): "
+                        "one set of element references cannot serve them; keep one level in data.train and "
+                        "move the others to data.force_only")
     if cfg.data.force_only:
-        extra = read_datasets([cfg.resolve(p) for p in cfg.data.force_only], elements).without_energies()
+        extra = open_data(cfg, cfg.data.force_only).without_energies()
         logger.info("force-only data: %d structures (energies unused)", len(extra))
-        train = MoleculeDataset.concatenate([train, extra])
+        train = concatenate([train, extra])
     if elements is None:
         elements = train.elements
     val.validate(elements)  # elements in validation but absent from training are an error
@@ -146,17 +200,26 @@ class Trainer:
         self.data = prepare_data(cfg)
         if self.is_main:  # only once the data are read and valid: a bad input leaves no folder
             self.output.mkdir(parents=True, exist_ok=True)
-        refs, sigma, self.energy_norm = fit_references(self.data.train.with_energies())
-        self.refs = torch.from_numpy(refs)
-        self.force_rms = force_rms(self.data.train)
+        self.resumed: Optional[TrainingCheckpoint] = TrainingCheckpoint.load(self.output / "last.ckpt") \
+            if resume else None
+        stats = self._statistics()
+        #: the element references (eV, float64): fitted once, never written into the live model
+        self.element_energies = stats.element_energies
+        self.refs = torch.from_numpy(self.element_energies)
+        self.energy_norm = stats.per_atom_mae
+        self.force_rms = stats.force_rms
         es = cfg.objective.energy_scale
-        self.energy_scale = sigma if es == "residual" else self.force_rms if es == "force_rms" else float(es)
+        self.energy_scale = stats.per_atom_std if es == "residual" else self.force_rms if es == "force_rms" else float(es)
+        if self.resumed is not None:
+            self.energy_scale = self.resumed.energy_scale
         if not self.energy_scale > 0:
             raise ConfigError(f"energy scale must be positive, got {self.energy_scale}")
 
         self.model_config = cfg.model_config()
         cfg.model = self.model_config.to_dict()  # resolved: every model default filled in
         self.model = TransIPModel(self.model_config)
+        self.autocast = (BlockAutocast(self.model.blocks, self.device.type)
+                         if cfg.run.precision == "bf16" else None)
         with torch.no_grad():
             self.model.energy_scale.fill_(self.energy_scale)  # element_energies stay 0 while training
             if cfg.objective.zero_init_readout:
@@ -187,9 +250,12 @@ class Trainer:
             self.data.train.n_atoms, cfg.data.max_atoms_per_batch, shuffle=True, seed=cfg.seed,
             rank=self.rank, world_size=self.world,
         )
+        self.loader = make_loader(self.data.train, self.sampler, cfg.run.num_workers, cfg.run.prefetch_factor,
+                                  pin_memory=self.device.type == "cuda")
         self.step = 0
-        self.epoch = 0
-        self.batch_in_epoch = 0
+        self.position = DataPosition()
+        #: set to a list to record the structure indices of every batch this process consumes
+        self.batch_log: Optional[List[List[int]]] = None
         self.best_value = math.inf
         self.val_metrics: Dict[str, float] = {}
         self.train_time = 0.0
@@ -201,82 +267,90 @@ class Trainer:
                         count_parameters(self.model), self.model_config, obj.symmetry,
                         len(self.data.train), len(self.data.val), self.energy_scale, self.energy_norm, self.force_rms,
                         self.world)
-        if resume:
-            self._load(self.output / "last.ckpt")
+        if self.resumed is not None:
+            self._load(self.resumed, self.output / "last.ckpt")
         if self.is_main:
             save_config(cfg, self.output / "config.yaml")
 
     # ------------------------------------------------------------------ state
-    def _model_state(self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """A model state dict carrying the fitted element references (as saved in checkpoints)."""
-        out = {k: v.detach().clone().cpu() for k, v in state.items()}
-        out["element_energies"] = self.refs.to(out["element_energies"].dtype).clone()
+    def _statistics(self) -> DataStatistics:
+        """References and normalisation: the checkpoint's when resuming, else one streaming fit."""
+        ckpt = self.resumed
+        if ckpt is not None and ckpt.force_rms > 0:
+            return DataStatistics(ckpt.element_energies, ckpt.energy_scale, ckpt.energy_norm, ckpt.force_rms, 0, 0)
+        return data_statistics(self.data.train, self.cfg.data.stats_sample, self.cfg.seed, self.cfg.run.num_workers)
+
+    @property
+    def epoch(self) -> int:
+        return self.position.epoch
+
+    @property
+    def batch_in_epoch(self) -> int:
+        return self.position.batch_in_epoch
+
+    def checkpoint(self) -> TrainingCheckpoint:
+        """The run's state now, as written to ``last.ckpt``."""
+        return TrainingCheckpoint(
+            model_config=self.model_config.to_dict(),
+            model_state=with_references(self.model.state_dict(), self.element_energies),
+            elements=list(self.data.elements),
+            element_energies=self.element_energies,
+            step=self.step,
+            position=dataclasses.replace(self.position),
+            ema_state=with_references(self.ema.state, self.element_energies) if self.ema else None,
+            transforms_state=self.module.mode.state_dict(),
+            optimizer_state=self.optimizer.state_dict(),
+            scheduler_state=self.scheduler.state_dict(),
+            rng_state={"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            config=self.cfg.to_dict(),
+            data_hash=self.data.data_hash,
+            symmetry=self.cfg.objective.symmetry,
+            energy_scale=self.energy_scale,
+            energy_norm=self.energy_norm,
+            force_rms=self.force_rms,
+            val_metrics=dict(self.val_metrics),
+            best_value=self.best_value,
+            throughput=self._throughput(),
+            train_time_s=self.train_time,
+            structures_seen=self.structures_seen,
+            atoms_seen=self.atoms_seen,
+        )
+
+    @staticmethod
+    def _comparable(config: Dict[str, Any]) -> Dict[str, Any]:
+        """A config dict with every default filled in, less what may change on resumption."""
+        out = config_from_dict({k: v for k, v in config.items() if k != "config_dir"}).to_dict()
+        for key in ("run", "config_dir"):
+            out.pop(key, None)
+        out["optim"].pop("max_steps", None)
         return out
 
-    def _payload(self) -> Dict[str, Any]:
-        return {
-            "model_config": self.model_config.to_dict(),
-            "model_state": self._model_state(self.model.state_dict()),
-            "ema_state": self._model_state(self.ema.state) if self.ema else None,
-            "transforms_state": self.module.mode.state_dict(),
-            "elements": self.data.elements,
-            "optimizer_state": self.optimizer.state_dict(),
-            "scheduler_state": self.scheduler.state_dict(),
-            "rng_state": {
-                "torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            },
-            "step": self.step,
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "config": self.cfg.to_dict(),
-            "data_hash": self.data.data_hash,
-            "val_metrics": dict(self.val_metrics),
-            "best_value": self.best_value,
-            "symmetry": self.cfg.objective.symmetry,
-            "energy_scale": self.energy_scale,
-            "energy_norm": self.energy_norm,
-            "throughput": self._throughput(),
-            "train_time_s": self.train_time,
-            "structures_seen": self.structures_seen,
-            "atoms_seen": self.atoms_seen,
-        }
-
-    def _load(self, path: Path) -> None:
-        data = load_checkpoint(path)
-        if data.get("data_hash") != self.data.data_hash:
+    def _load(self, ckpt: TrainingCheckpoint, path: Path) -> None:
+        if ckpt.data_hash != self.data.data_hash:
             raise ConfigError(f"cannot resume from {path}: the data differ from the checkpoint's (data hash)")
-        old, new = dict(data["config"]), self.cfg.to_dict()
-        for cfg_dict in (old, new):
-            cfg_dict.pop("run", None)
-            cfg_dict.pop("config_dir", None)
-            cfg_dict.get("optim", {}).pop("max_steps", None)
-        if old != new:
+        if self._comparable(ckpt.config) != self._comparable(self.cfg.to_dict()):
             raise ConfigError(f"cannot resume from {path}: the config differs from the checkpoint's")
-        state = dict(data["model_state"])
-        state["element_energies"] = torch.zeros_like(state["element_energies"])
-        self.model.load_state_dict(state)
-        self.module.mode.load_state_dict(data["transforms_state"])
-        self.optimizer.load_state_dict(data["optimizer_state"])
-        self.scheduler.load_state_dict(data["scheduler_state"])
-        if self.ema is not None and data.get("ema_state") is not None:
-            ema_state = dict(data["ema_state"])
-            ema_state["element_energies"] = torch.zeros_like(ema_state["element_energies"])
-            self.ema.state = {k: v.clone().to(self.device) for k, v in ema_state.items()}
-        rng = data["rng_state"]
+        self.model.load_state_dict(without_references(ckpt.model_state))
+        self.module.mode.load_state_dict(ckpt.transforms_state)
+        self.optimizer.load_state_dict(ckpt.optimizer_state)
+        self.scheduler.load_state_dict(ckpt.scheduler_state)
+        if self.ema is not None and ckpt.ema_state is not None:
+            self.ema.state = {k: v.clone().to(self.device) for k, v in without_references(ckpt.ema_state).items()}
+        rng = ckpt.rng_state
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
-        self.step = int(data["step"])
-        self.epoch = int(data["epoch"])
-        self.batch_in_epoch = int(data["batch_in_epoch"])
-        self.best_value = float(data.get("best_value", math.inf))
-        self.val_metrics = dict(data.get("val_metrics") or {})
-        self.train_time = float(data.get("train_time_s", 0.0))
-        self.structures_seen = int(data.get("structures_seen", 0))
-        self.atoms_seen = int(data.get("atoms_seen", 0))
+        self.step = ckpt.step
+        self.position = dataclasses.replace(ckpt.position)
+        self.best_value = ckpt.best_value
+        self.val_metrics = dict(ckpt.val_metrics)
+        self.train_time = ckpt.train_time_s
+        self.structures_seen = ckpt.structures_seen
+        self.atoms_seen = ckpt.atoms_seen
         if self.is_main:
             self._truncate_log(self.step)
-        logger.info("resumed from %s at step %d", path, self.step)
+        logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step,
+                    self.position.epoch, self.position.batch_in_epoch)
 
     def _truncate_log(self, step: int) -> None:
         path = self.output / "log.csv"
@@ -304,10 +378,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ validation
     def eval_model(self) -> TransIPModel:
-        """A copy of the model (EMA weights when enabled) carrying the element references."""
-        model = copy.deepcopy(self.model)
+        """A float32 copy of the model (EMA weights when enabled) carrying the element references."""
+        model = TransIPModel(self.model_config).to(self.device)
         state = self.ema.state if self.ema else self.model.state_dict()
-        model.load_state_dict(self._model_state(state))
+        model.load_state_dict(with_references(state, self.element_energies))
         return model.eval()
 
     def validate(self) -> Dict[str, float]:
@@ -318,10 +392,10 @@ class Trainer:
                         rotation_structures=self.cfg.run.val_rotation_structures, seed=self.cfg.seed)
 
     def _checkpoint(self, improved: bool) -> None:
-        payload = self._payload()
-        save_checkpoint(self.output / "last.ckpt", payload)
+        ckpt = self.checkpoint()
+        ckpt.save(self.output / "last.ckpt")
         if improved:
-            save_checkpoint(self.output / "best.ckpt", payload)
+            ckpt.save(self.output / "best.ckpt")
 
     def _ddp_param_divergence(self) -> float:
         """Largest |θ_rank − θ_rank0| over all parameters and ranks (0 when DDP is in sync)."""
@@ -333,15 +407,17 @@ class Trainer:
         return float(diff)
 
     # ------------------------------------------------------------------ loop
-    def _next_batch(self) -> List[int]:
-        batches = self.sampler.batches(self.epoch)
-        if self.batch_in_epoch >= len(batches):
-            self.epoch += 1
-            self.batch_in_epoch = 0
-            batches = self.sampler.batches(self.epoch)
-        idx = batches[self.batch_in_epoch]
-        self.batch_in_epoch += 1
-        return idx
+    def _batches(self) -> Iterator[Batch]:
+        """Collated batches from the current data position on, epoch after epoch; the
+        position counts a batch as consumed when it is handed out."""
+        while True:
+            self.sampler.set_epoch(self.position.epoch, self.position.batch_in_epoch)
+            for batch in self.loader:
+                self.position.batch_in_epoch += 1
+                if self.batch_log is not None:
+                    self.batch_log.append(batch.indices.tolist())
+                yield batch
+            self.position = DataPosition(self.position.epoch + 1, 0)
 
     def train(self) -> Dict[str, Any]:
         """Run until ``optim.max_steps`` (or ``stop_after``); return the summary dict."""
@@ -355,15 +431,30 @@ class Trainer:
         acc_steps = 0
         t_window = time.perf_counter()
         window_struct = window_atoms = 0
+        n_micro = cfg.optim.accumulate
+        batches = self._batches()
         while self.step < end:
             t0 = time.perf_counter()
-            idx = self._next_batch()
-            batch = collate(self.data.train, idx).to(self.device)
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step * 7919 + self.rank)
-            rotations = random_rotations(batch.size, gen).to(self.device)
-            out = net(batch, rotations)
             self.optimizer.zero_grad(set_to_none=True)
-            out["loss"].backward()
+            stats = torch.zeros(8, dtype=torch.float64)
+            counts = torch.zeros(2, dtype=torch.float64)
+            for micro in range(n_micro):
+                batch = next(batches).to(self.device)
+                gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step * 7919 + self.rank
+                                                    + micro * 15_485_863)
+                rotations = random_rotations(batch.size, gen).to(self.device)
+                last = micro == n_micro - 1
+                # DDP: gradients are all-reduced once per step, on the last micro-batch
+                sync = contextlib.nullcontext() if self.ddp is None or last else self.ddp.no_sync()
+                with sync:
+                    out = net(batch, rotations)
+                    (out["loss"] / n_micro).backward()
+                micro_stats = torch.stack([out[k].detach().to(torch.float64).cpu() for k in (
+                    "loss", "loss_energy", "loss_force", "loss_equiv", "energy_abs_err", "force_abs_err",
+                    "n_struct", "n_force")])
+                micro_stats[:4] /= n_micro  # losses: mean over micro-batches; errors and counts: sums
+                stats += micro_stats
+                counts += torch.tensor([float(batch.size), float(batch.n_atoms.sum())], dtype=torch.float64)
             if cfg.optim.grad_clip and cfg.optim.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.optim.grad_clip)
             self.optimizer.step()
@@ -371,18 +462,11 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update(self.model)
             self.step += 1
-            stats = torch.stack([out[k].detach().to(torch.float64).cpu() for k in (
-                "loss", "loss_energy", "loss_force", "loss_equiv", "energy_abs_err", "force_abs_err",
-                "n_struct", "n_force")])
-            n_atoms_batch = float(batch.n_atoms.sum())
             if self.world > 1:
                 stats[:4] /= self.world
                 dist.all_reduce(stats)
-                counts = torch.tensor([float(batch.size), n_atoms_batch], dtype=torch.float64)
                 dist.all_reduce(counts)
-                n_struct_all, n_atoms_all = int(counts[0]), int(counts[1])
-            else:
-                n_struct_all, n_atoms_all = batch.size, int(n_atoms_batch)
+            n_struct_all, n_atoms_all = int(counts[0]), int(counts[1])
             self.train_time += time.perf_counter() - t0
             self.structures_seen += n_struct_all
             self.atoms_seen += n_atoms_all
@@ -405,7 +489,7 @@ class Trainer:
                     "train_energy_mae_meV_per_atom": acc["e_err"] / max(acc["n_s"], 1.0) * MEV_PER_EV,
                     "train_force_mae_meV_per_A": acc["f_err"] / acc["n_f"] * MEV_PER_EV,
                     "structures_per_s": window_struct / dt, "atoms_per_s": window_atoms / dt,
-                    "elapsed_s": self.train_time,
+                    "peak_memory_MB": peak_memory_mb(self.device), "elapsed_s": self.train_time,
                 }
                 bar.set_postfix(loss=f"{row['loss']:.4g}", E=f"{row['train_energy_mae_meV_per_atom']:.1f}",
                                 F=f"{row['train_force_mae_meV_per_A']:.0f}")
@@ -439,7 +523,8 @@ class Trainer:
             "best_" + cfg.run.best_metric: self.best_value, "train_time_s": self.train_time,
             **self._throughput(), "n_train": len(self.data.train), "n_val": len(self.data.val),
             "n_parameters": count_parameters(self.model), "world_size": self.world,
-            "ddp_max_param_diff": param_diff,
+            "ddp_max_param_diff": param_diff, "peak_memory_MB": peak_memory_mb(self.device),
+            "num_workers": cfg.run.num_workers, "precision": cfg.run.precision,
         }
         if self.is_main:
             with open(self.output / "summary.json", "w") as f:

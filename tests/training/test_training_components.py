@@ -177,9 +177,9 @@ def test_config_rejects_unknown_keys(tmp_path):
     cfg = load_config(path)
     assert cfg.objective.symmetry == "none"
     assert cfg.resolve("acac_mini.xyz") == (TEST_DATA / "acac_mini.xyz").resolve()
-    with pytest.raises(ConfigError, match=r"optim: unknown key\(s\) \['lr_max'\]"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim.lr_max'"):
         config_from_dict({"data": {"train": ["x.xyz"]}, "optim": {"lr_max": 1.0}})
-    with pytest.raises(ConfigError, match="unknown key"):
+    with pytest.raises(ConfigError, match="unknown config key .symmetry."):
         config_from_dict({"data": {"train": ["x.xyz"]}, "symmetry": "none"})
     with pytest.raises(ConfigError, match="model"):
         config_from_dict({"data": {"train": ["x.xyz"]}, "model": {"depth": 3}})
@@ -192,9 +192,13 @@ def test_example_configs_load():
 
     paths = sorted((REPO / "training" / "configs").glob("*.yaml"))
     assert {"omol25_sample.yaml", "acac.yaml"} <= {p.name for p in paths}
+    recipes = {"omol25_4m_8gpu.yaml"}  # documented, not run here: data paths name the user's OMol25 copy
     for path in paths:
         cfg = load_config(path)
-        assert cfg.resolve(cfg.data.train[0]).parts[-4:-2] == ("shared", "data")
+        if path.name in recipes:
+            continue
+        first = cfg.resolve(cfg.data.train[0])  # shared reference data, or a small file shipped here
+        assert first.parts[-4:-2] == ("shared", "data") or (first.is_relative_to(REPO) and first.exists())
 
 
 def test_metrics_known_values():
