@@ -120,6 +120,10 @@ CASES: Dict[str, Builder] = {
         match="did you mean 'max_steps'"),
     "train: wrong type of a config value": lambda t, a: Case(
         ["train", str(_tiny_config(t, **{"optim.lr": "fast"})), "-o", str(t / "run")], match="optim.lr"),
+    "train: negative learning rate": lambda t, a: Case(
+        ["train", str(_tiny_config(t, **{"optim.lr": -1e-3})), "-o", str(t / "run")], match="optim.lr"),
+    "train: d_model not a multiple of n_heads": lambda t, a: Case(
+        ["train", str(_tiny_config(t, **{"model.n_heads": 3})), "-o", str(t / "run")], match="n_heads"),
     "train: unknown symmetry mode": lambda t, a: Case(
         ["train", str(_tiny_config(t, **{"objective.symmetry": "rotate"})), "-o", str(t / "run")],
         match="symmetry"),
@@ -144,6 +148,8 @@ CASES: Dict[str, Builder] = {
     "evaluate: truncated checkpoint": lambda t, a: Case(
         ["evaluate", str(_truncated(a["ckpt"], t, "cut.ckpt")), str(ACAC), "--json", str(t / "m.json")],
         match="truncated"),
+    "evaluate: --json names a folder": lambda t, a: Case(
+        ["evaluate", str(_copy(a["ckpt"], t)), str(ACAC), "--json", str(t)], match="is a folder"),
     "evaluate: glob matching no file": lambda t, a: Case(
         ["evaluate", str(_copy(a["ckpt"], t)), str(t / "*.aselmdb"), "--json", str(t / "m.json")],
         match="no data file matches"),

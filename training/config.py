@@ -173,10 +173,39 @@ class TrainConfig:
         return asdict(self)
 
     def model_config(self) -> ModelConfig:
+        hints = typing.get_type_hints(ModelConfig)
+        for key, value in (self.model or {}).items():
+            if key in hints:
+                _check_type(value, hints[key], f"model.{key}")
         try:
-            return ModelConfig.from_dict(self.model)
+            config = ModelConfig.from_dict(self.model)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"model: {exc}") from exc
+        for key in ("d_model", "n_layers", "n_heads", "n_rbf"):
+            if getattr(config, key) < 1:
+                raise ConfigError(f"model.{key} must be at least 1, got {getattr(config, key)}")
+        if config.d_model % config.n_heads:
+            raise ConfigError(f"model.d_model ({config.d_model}) must be a multiple of model.n_heads "
+                              f"({config.n_heads})")
+        return config
+
+    def _validate_numbers(self) -> None:
+        """Ranges of the optimiser, cadence and batching numbers (checked before any work)."""
+        o, r = self.optim, self.run
+        checks = [
+            ("optim.lr", o.lr, o.lr > 0), ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0),
+            ("optim.warmup_steps", o.warmup_steps, o.warmup_steps >= 0),
+            ("optim.min_lr_ratio", o.min_lr_ratio, 0 <= o.min_lr_ratio <= 1),
+            ("optim.grad_clip", o.grad_clip, o.grad_clip >= 0),
+            ("optim.betas", o.betas, len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas)),
+            ("optim.ema_decay", o.ema_decay, o.ema_decay is None or 0 < o.ema_decay < 1),
+            ("run.log_every", r.log_every, r.log_every >= 1), ("run.val_every", r.val_every, r.val_every >= 1),
+            ("run.checkpoint_every", r.checkpoint_every, r.checkpoint_every >= 1),
+            ("data.max_atoms_per_batch", self.data.max_atoms_per_batch, self.data.max_atoms_per_batch >= 1),
+        ]
+        for key, value, ok in checks:
+            if not ok:
+                raise ConfigError(f"config key {key!r} is out of range: {value!r}")
 
     def resolve(self, path: str) -> Path:
         """Absolute path of a data file named in the config."""
@@ -189,6 +218,7 @@ class TrainConfig:
         return (root / p).resolve()
 
     def validate(self) -> None:
+        self._validate_numbers()
         if self.objective.symmetry not in SYMMETRY_MODES:
             raise ConfigError(f"objective.symmetry must be one of {SYMMETRY_MODES}, got {self.objective.symmetry!r}")
         if self.objective.symmetry in TRANSIP_PRESETS:

@@ -138,6 +138,10 @@ def run(args: argparse.Namespace) -> int:
     for name in ("rotation_structures", "max_atoms", "rotations"):
         if getattr(args, name) < (0 if name == "rotation_structures" else 1):
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is not None and path.is_dir():
+            raise UsageError(f"{option} {path} is a folder: give a file name, e.g. {path / 'eval.json'}"
+                             if option == "--json" else f"{option} {path} is a folder: give a file name")
     data_files = expand_data_paths(args.data)
     predictor, elements, info = load_predictor(args.model, args.device, use_ema=not args.no_ema)
     dataset = read_datasets(data_files, elements)
