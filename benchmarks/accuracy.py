@@ -2,14 +2,16 @@
 
     python benchmarks/accuracy.py [--quick] [--json OUT.json] [--datasets acac,omol25]
 
-For each dataset (``acac``: BOTNet acetylacetone train_300K -> test_MD_300K; ``omol25``: the
-shared OMol25 sample with its family-disjoint split) the three TransIP symmetry modes are
+For each dataset (``acac``: BOTNet acetylacetone train_300K (validation: its last 10 % block)
+-> test_MD_300K; ``omol25``: the shared OMol25 sample split by molecule into train /
+validation / test) the three TransIP symmetry modes are
 trained through the real ``transip train`` path (``training/configs/<dataset>.yaml``; via
 ``transip_openmm.training.compare_symmetry``) and MACE (MACE-OFF-small-like: 96x0e,
 max_L 0, correlation 3, r_max 4.5 Å) is trained with mace-torch's own ``mace_run_train`` on
 the same train/validation structures. Its number of epochs is chosen so its training time
 matches the mean TransIP training time (from a timed first epoch), i.e. the same wall-clock
-budget; both times are reported. Every model is evaluated with the same metric code
+budget; both times are reported. Checkpoints are picked on validation data; every model is
+evaluated on the test data only, with the same metric code
 (``transip_openmm.training.evaluate``): energy MAE, force MAE/RMSE, force cosine, rotation
 errors. Needs ``../shared/data`` (exits with a message when absent).
 JSON: rows ``dataset, model, train_time_s, energy_mae_meV, force_mae_meV_per_A, ...``.
@@ -113,6 +115,7 @@ def run_dataset(name: str, args: argparse.Namespace, out: Path) -> List[Dict[str
     from transip_openmm.training.compare_symmetry import compare, local_model, with_overrides
     from transip_openmm.training.config import load_config
     from transip_openmm.training.evaluate import evaluate
+    from transip_openmm.training.splits import held_out_test
     from transip_openmm.training.trainer import prepare_data
 
     config = with_overrides(CONFIGS[name], out / name, {"model": local_model(args.local)})
@@ -133,8 +136,8 @@ def run_dataset(name: str, args: argparse.Namespace, out: Path) -> List[Dict[str
     data = prepare_data(load_config(config))
     train_xyz, val_xyz = out / name / "mace" / "train.xyz", out / name / "mace" / "val.xyz"
     write_extxyz(data.train, train_xyz)
-    # MACE validates on this small subset only (it picks its checkpoint with it); the
-    # reported metrics come from our evaluation on the whole validation set below.
+    # MACE validates on this small subset of the validation part only (it picks its checkpoint
+    # with it); the reported metrics come from our evaluation on the test part below.
     write_extxyz(data.val.subset(range(min(20, len(data.val)))), val_xyz)
     budget = float(np.mean([m.get("train_time_s") or 0.0 for m in results.values()]))
     # Time one epoch (with start-up), then train from scratch for as many epochs as fit.
@@ -143,7 +146,8 @@ def run_dataset(name: str, args: argparse.Namespace, out: Path) -> List[Dict[str
     logger.info("%s: TransIP budget %.0f s, MACE epoch %.0f s (incl. start-up) -> %d epochs",
                 name, budget, one_epoch, epochs)
     model_path, wall = train_mace(train_xyz, val_xyz, out / name / "mace" / "run", epochs, args.seed)
-    metrics = evaluate(MacePredictor(model_path), data.val, data_max_atoms(load_config(config)),
+    cfg = load_config(config)
+    metrics = evaluate(MacePredictor(model_path), held_out_test(cfg), data_max_atoms(cfg),
                        rotation_structures=args.rotation_structures, n_rotations=8, seed=0)
     rows.append({"dataset": name, "model": "mace-off-small-like", "train_time_s": wall,
                  "steps": f"{epochs} epochs", **_metric_cols(metrics)})

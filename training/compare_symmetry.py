@@ -1,12 +1,15 @@
-"""Train none / augment / transip with the same budget and compare them on validation data.
+"""Train symmetry modes with the same number of steps and compare them on test data.
 
     python -m transip_openmm.training.compare_symmetry training/configs/acac.yaml \\
         --output runs/compare_acac --max-steps 400
 
 Each mode is trained through the real ``transip train`` path into ``OUTPUT/<mode>``; the
-final (EMA) weights are evaluated on the config's validation set (the family split for
-configs without ``data.val``) with the metrics of ``transip evaluate``, including the
-rotation errors. Writes ``OUTPUT/comparison.json`` and prints a Markdown table.
+checkpoint with the best validation metric (``best.ckpt``, EMA weights) is evaluated on the
+config's *test* data (``data.test`` files or the held-out ``data.test_fraction``; never used
+for training or selection) with the metrics of ``transip evaluate``, including the rotation
+errors. The steps are matched, not the seconds: both are reported. For a wall-clock-matched
+comparison over seeds and training-set sizes use ``benchmarks/scaling_data.py``. Writes
+``OUTPUT/comparison.json`` and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Dict, List, Optional
 import yaml
 from transip_openmm.training.config import load_config
 from transip_openmm.training.evaluate import ModelPredictor, evaluate, latent_equivariance_error
-from transip_openmm.training.trainer import prepare_data
+from transip_openmm.training.splits import held_out_test
 
 from transip_openmm.artifacts import load_checkpoint, model_from_checkpoint
 from transip_openmm.cli import main as transip_main
@@ -63,7 +66,7 @@ def local_model(cutoff: Optional[float]) -> Dict[str, object]:
 def compare(config: Path, output: Path, max_steps: Optional[int], modes: List[str],
             rotation_structures: int = 20) -> Dict[str, Dict[str, float]]:
     cfg = load_config(config)
-    val = prepare_data(cfg).val
+    test = held_out_test(cfg)
     results: Dict[str, Dict[str, float]] = {}
     for mode in modes:
         run_dir = output / mode
@@ -76,11 +79,11 @@ def compare(config: Path, output: Path, max_steps: Optional[int], modes: List[st
             if transip_main(argv) != 0:
                 raise RuntimeError(f"training {mode} failed")
         summary = json.loads((run_dir / "summary.json").read_text())
-        checkpoint = load_checkpoint(run_dir / "last.ckpt")
+        checkpoint = load_checkpoint(run_dir / "best.ckpt")  # selected on validation
         model = model_from_checkpoint(checkpoint)
-        metrics = evaluate(ModelPredictor(model), val, cfg.data.max_atoms_per_batch,
+        metrics = evaluate(ModelPredictor(model), test, cfg.data.max_atoms_per_batch,
                            rotation_structures=rotation_structures, n_rotations=8, seed=0)
-        metrics["latent_equiv_err_rel"] = latent_equivariance_error(checkpoint, val, rotation_structures)
+        metrics["latent_equiv_err_rel"] = latent_equivariance_error(checkpoint, test, rotation_structures)
         metrics.update({k: summary[k] for k in ("structures_per_s", "atoms_per_s", "step", "train_time_s")})
         results[mode] = metrics
         logger.info("%s: %s", mode, metrics)
@@ -90,10 +93,11 @@ def compare(config: Path, output: Path, max_steps: Optional[int], modes: List[st
 
 
 def markdown_table(results: Dict[str, Dict[str, float]]) -> str:
-    lines = ["| symmetry | steps | " + " | ".join(c[1] for c in COLUMNS) + " |",
-             "|---" * (len(COLUMNS) + 2) + "|"]
+    lines = ["| symmetry | steps | train s | " + " | ".join(c[1] for c in COLUMNS) + " |",
+             "|---" * (len(COLUMNS) + 3) + "|"]
     for mode, m in results.items():
-        lines.append(f"| {mode} | {m['step']} | " + " | ".join(fmt.format(m[k]) for k, _, fmt in COLUMNS) + " |")
+        lines.append(f"| {mode} | {m['step']} | {m['train_time_s']:.0f} | "
+                     + " | ".join(fmt.format(m[k]) for k, _, fmt in COLUMNS) + " |")
     if "transip" in results and "augment" in results:
         ratio = results["transip"]["force_mae_meV_per_A"] / results["augment"]["force_mae_meV_per_A"]
         lines.append(f"\nforce MAE ratio transip/augment = {ratio:.3f}")

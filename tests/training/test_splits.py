@@ -32,7 +32,8 @@ def _mixed(n_copies: int = 4) -> MoleculeDataset:
     for k in range(n_copies):
         mols += [_mol(f"{SPICE}_{k}", i=k), _mol(f"spice/SPICE_Solvated_PubChem_spice_solvated_1351_{k}", (8, 1, 1), k),
                  _mol(f"ani2x/ani2x_017_{90 + k}", (7, 1, 1, 1), k), _mol(f"geom_orca6/geom_10{k}", (6, 6, 8), k),
-                 _mol(f"orbnet_denali/CHEMBL{k}", (6, 8, 1, 1), k), _mol(f"orbnet_denali/CHEMBL{k}", (6, 8, 1, 1), k + 9)]
+                 _mol(f"orbnet_denali/CHEMBL{k}", (6, 8, 1, 1), k),
+                 _mol(f"orbnet_denali/CHEMBL{k}", (6, 8, 1, 1), k + 9)]
     return MoleculeDataset(mols)
 
 

@@ -195,4 +195,5 @@ def test_old_configs_and_checkpoints_load():
     mode = mode_from_checkpoint(checkpoint)
     assert mode.name == "transip_legacy" and isinstance(mode.transforms[0], LegacyTransform)
     torch.testing.assert_close(mode.transforms[0].mlp[0].weight, legacy[0].mlp[0].weight)
-    assert mode_from_checkpoint({"symmetry": "augment", "transforms_state": {}, "model_config": TINY_MODEL}).name == "augment"
+    plain = {"symmetry": "augment", "transforms_state": {}, "model_config": TINY_MODEL}
+    assert mode_from_checkpoint(plain).name == "augment"
