@@ -1,30 +1,41 @@
 #!/usr/bin/env bash
-# md_speed and scaling on one CUDA GPU (an H100 was the target), in about 5 minutes (at most ~9).
+# Everything the CUDA path needs measured, on one GPU (an H200 or H100), in at most ~8 minutes:
+#   1. the GPU tests (CUDA graphs vs eager on both backends, the capture-safe neighbour list in a
+#      graph, the neighbour-list and capture-safe model tests on CUDA);
+#   2. md_speed on CUDA: alanine dipeptide and a 954-atom water box; the shipped models (default,
+#      local, and local rebuilt with this code so its neighbour list can be captured), a
+#      random d128/L4 and a relative local-attention model, python backend eager and in a CUDA
+#      graph; MACE-OFF-small-like rows for the same systems;
+#   3. scaling: energy+forces time and peak memory at 1,000, 10,000 and 100,000 atoms (local
+#      attention open, periodic, periodic capture-safe in a CUDA graph; dense at 1,000 and 10,000);
+#   4. training throughput of the shipped recipe (float32 and bf16 autocast) beside MACE, same data.
 #
 #   bash benchmarks/gpu.sh [OUTDIR]        (default OUTDIR: benchmarks/results/gpu)
 #
-# The GPU machine has Python 3.12 and torch 2.11 (CUDA 13) but no OpenMM, openmm-ml, ase or
-# MACE, and no internet: first run `bash benchmarks/gpu_wheels.sh` here (fills the git-ignored
-# .whl/, ~24 MB), then, with the device tool, carry .whl and run from the repository root:
+# The GPU machine has Python 3.12 and torch 2.11 (CUDA 13) but no OpenMM, openmm-ml, ase, MACE or
+# pytest, and no internet: first run `bash benchmarks/gpu_wheels.sh` here (fills the git-ignored
+# .whl/ with wheels and the training data, ~30 MB), then, with the device tool, carry .whl and run
+# from the repository root:
 #
 #   run(command='bash benchmarks/gpu.sh "$OUT" 2>&1 | tee "$OUT/log.txt"', carry=[".whl"], timeout_s=600)
 #
-# (results come back as 6 files: gpu.txt, log.txt, scaling_cuda.json, md_speed_cuda.json and
-# their .meta.json). When .whl/ holds wheels, they are installed with --no-deps into /tmp/site
-# (SITE=...) and put on PYTHONPATH; the project's own wheel is replaced by a build of the working
-# tree if the tree changed since gpu_wheels.sh ran.
+# Results come back in OUTDIR: gpu.txt (GPU, versions, platform), log.txt, tests.txt,
+# md_speed_cuda.json, scaling_cuda.json, scaling_cuda_dense.json, training_throughput_cuda.json
+# (and their .meta.json). When .whl/ holds wheels, they are installed with --no-deps into
+# /tmp/site (SITE=...) and put on PYTHONPATH; the project's own wheel is replaced by a build of
+# the working tree if the tree changed since gpu_wheels.sh ran.
 #
 # Uses TransIPForce's python backend (openmm.PythonForce with the model on the GPU, eager and
 # captured in a CUDA graph): the GPU machine's torch (2.11) cannot load openmm-torch, whose
-# only release needs torch 2.9. OpenMM runs on its CUDA platform when a CUDA context can be
-# made, else on CPU (the model stays on the GPU). md_speed's test systems come from openmmtools
-# where it is installed, else (not carried: ~33 MB with its dependencies) the same two systems
-# are built with openmm.app. Both steps write their JSON row by row, so a step that fails or
-# is stopped by its timeout keeps what it measured.
+# only release needs torch 2.9 (its tests skip). OpenMM runs on its CUDA platform when a CUDA
+# context can be made, else on CPU (the model stays on the GPU). Every step has its own time
+# limit and writes its JSON row by row, so a step that fails or runs out of time keeps what it
+# measured and the next step still runs.
 #
 # Knobs (environment): PYTHON (default python3), SITE, NO_MACE=1 (skip the MACE rows), DEVICE
-# (torch device, default cuda), PLATFORM (OpenMM platform, default: probed), SCALING_ARGS and
-# MD_SPEED_ARGS (replace the default arguments below, e.g. for a dry run on a CPU).
+# (torch device, default cuda), PLATFORM (OpenMM platform, default: probed), TESTS_ARGS,
+# SCALING_ARGS, SCALING_DENSE_ARGS, MD_SPEED_ARGS, THROUGHPUT_ARGS (replace the default
+# arguments below, e.g. for a dry run on a CPU), SKIP (steps to skip, e.g. SKIP="tests scaling").
 set -u
 cd "$(dirname "$0")/.."
 OUT="${1:-benchmarks/results/gpu}"
@@ -118,17 +129,44 @@ elif ! "$PY" -P -c "import mace.modules, openmmml.models.macepotential" 2>/dev/n
 fi
 
 status=0
-# 1) energy+forces time and memory against atom count (each case in its own process).
-# shellcheck disable=SC2086
-timeout 240 "$PY" benchmarks/scaling.py ${SCALING_ARGS:---device $DEVICE --size transip-d128-L4 \
-    --sizes 22,1000,10000,30000,100000 --variants dense-nobias,local5A,local5A-periodic,dense --max-gb 60 \
-    --target-s 1.0 --case-timeout 100} --json "$OUT/scaling_cuda.json" || status=$?
+skip() { case " ${SKIP:-} " in *" $1 "*) echo "step $1 skipped (SKIP)"; return 0 ;; esac; return 1; }
 
-# 2) MD steps/s: TransIP (python backend, model on the GPU) and MACE-OFF-like via openmm-ml.
-# shellcheck disable=SC2086
-timeout 300 "$PY" -P benchmarks/md_speed.py ${MD_SPEED_ARGS:---quick --device $DEVICE --threads 0 \
-    --backends python,python-graphs --mace-small-only} $MACE_FLAG --platform "$PLATFORM" \
-    --json "$OUT/md_speed_cuda.json" || status=$?
+# 1) GPU tests (about 1 minute).
+if ! skip tests; then
+    # shellcheck disable=SC2086
+    timeout 90 "$PY" -P -m pytest ${TESTS_ARGS:-tests/force/test_force_gpu.py tests/model/test_capture_safe.py \
+        tests/model/test_neighbors.py} -q -p no:cacheprovider -rs >"$OUT/tests.txt" 2>&1
+    rc=$?
+    cat "$OUT/tests.txt"
+    [ "$rc" = 0 ] || status=$rc
+fi
+
+# 2) MD steps/s: TransIP (python backend, model on the GPU, eager and in a CUDA graph) and MACE.
+if ! skip md_speed; then
+    # shellcheck disable=SC2086
+    timeout 150 "$PY" -P benchmarks/md_speed.py ${MD_SPEED_ARGS:---quick --device $DEVICE --threads 0 \
+        --backends python,python-graphs --mace-small-only --models transip-d128-L4,transip-d128-L4-local5A-relative,transip-default,transip-local,transip-local-rebuilt,mace-off-small} \
+        $MACE_FLAG --platform "$PLATFORM" --json "$OUT/md_speed_cuda.json" || status=$?
+fi
+
+# 3) energy+forces time and peak memory against atom count (each case in its own process).
+if ! skip scaling; then
+    # shellcheck disable=SC2086
+    timeout 130 "$PY" -P benchmarks/scaling.py ${SCALING_ARGS:---device $DEVICE --size transip-d128-L4 \
+        --sizes 1000,10000,100000 --variants local5A,local5A-periodic,local5A-periodic-graph --max-gb 100 \
+        --target-s 0.5 --case-timeout 60} --json "$OUT/scaling_cuda.json" || status=$?
+    # shellcheck disable=SC2086
+    timeout 40 "$PY" -P benchmarks/scaling.py ${SCALING_DENSE_ARGS:---device $DEVICE --size transip-d128-L4 \
+        --sizes 1000,10000 --variants dense-nobias,dense --max-gb 100 --target-s 0.5 --case-timeout 30} \
+        --json "$OUT/scaling_cuda_dense.json" || status=$?
+fi
+
+# 4) training throughput: the shipped recipe in float32 and bf16 autocast, MACE on the same data.
+if ! skip throughput; then
+    # shellcheck disable=SC2086
+    timeout 80 "$PY" -P benchmarks/training_throughput.py ${THROUGHPUT_ARGS:---device $DEVICE --threads 0 \
+        --steps 20 --warmup 3} $MACE_FLAG --json "$OUT/training_throughput_cuda.json" || status=$?
+fi
 
 echo "results in $OUT (exit status $status)"
 exit $status

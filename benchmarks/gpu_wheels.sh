@@ -13,6 +13,7 @@
 #   nvidia-cuda-runtime/-nvrtc/-cupti and nvidia-cufft, come with the machine's torch; it also
 #   names nvidia-cuda-nvcc (45 MB), which the plugin does not load: left out.
 # - openmm-ml 1.8 (built from its sdist, pure Python), ase, and transip-openmm itself.
+# - pytest and its requirements (iniconfig, pluggy, packaging, pygments), for the GPU tests.
 # - MACE (mace-torch 0.3.16, the pin of our `bench` extra) with e3nn 0.4.4, the version it pins,
 #   and the rest of its requirements that the machine lacks. Skip with NO_MACE=1 (then run
 #   gpu.sh with NO_MACE=1 too).
@@ -32,6 +33,7 @@ fi
 # Binary wheels for CPython 3.12 on x86-64 Linux (pip matches manylinux tags exactly: name them all).
 BINARY=(
     openmm==8.6.1 openmm-cuda-13==8.6.1 ase==3.29.0
+    pytest==9.0.3 pluggy==1.6.0 iniconfig==2.3.0 packaging==26.2 pygments==2.20.0
 )
 # Pure-Python packages published only as sdists: built into wheels here.
 SDIST=(openmmml==1.8)
@@ -65,6 +67,12 @@ done
 mkdir -p "$tmp/src"
 git ls-files -z --cached --others --exclude-standard | tar --null -T - --ignore-failed-read -cf - | tar -xf - -C "$tmp/src"
 "$PY" -m pip wheel -q --no-deps -w "$W" "$tmp/src"
+
+# The training-throughput data: the OMol25 sample of the reference data as one extxyz file (the GPU
+# machine has no ase-db-backends to read .aselmdb); skipped where the reference data are absent.
+if compgen -G "../shared/data/omol25_sample/*.aselmdb" >/dev/null; then
+    "$PY" benchmarks/training_throughput.py --write-extxyz "$W/omol25_sample.extxyz"
+fi
 
 # Checks: pure-Python wheels built here must not be tied to this machine's Python.
 for f in "$W"/*.whl; do

@@ -8,7 +8,7 @@ small = 96x0e channels, r_max 4.5 Å; medium = 128x0e+128x1o, r_max 5.0 Å.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,8 +22,11 @@ MACE_OFF: Dict[str, Dict] = {
 }
 
 
-def build_mace(size: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.nn.Module:
-    """A randomly initialised ``ScaleShiftMACE`` with MACE-OFF23 ``size`` hyper-parameters."""
+def build_mace(size: str, dtype: torch.dtype = torch.float32, seed: int = 0,
+               elements: Optional[Sequence[int]] = None) -> torch.nn.Module:
+    """A randomly initialised ``ScaleShiftMACE`` with MACE-OFF23 ``size`` hyper-parameters, for
+    ``elements`` (atomic numbers; default MACE-OFF23's ten)."""
+    elements = list(elements) if elements is not None else MACE_OFF_ELEMENTS
     from e3nn import o3
     from mace import modules
 
@@ -37,12 +40,12 @@ def build_mace(size: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> 
         interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
         interaction_cls_first=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
         num_interactions=2,
-        num_elements=len(MACE_OFF_ELEMENTS),
+        num_elements=len(elements),
         hidden_irreps=o3.Irreps(hp["hidden_irreps"]),
         MLP_irreps=o3.Irreps("16x0e"),
-        atomic_energies=np.zeros(len(MACE_OFF_ELEMENTS)),
+        atomic_energies=np.zeros(len(elements)),
         avg_num_neighbors=10.0,
-        atomic_numbers=MACE_OFF_ELEMENTS,
+        atomic_numbers=elements,
         correlation=3,
         gate=torch.nn.functional.silu,
         radial_MLP=[64, 64, 64],

@@ -7,7 +7,10 @@ TIP3P-geometry water box (~1000 atoms). Models: TransIP at the candidate default
 (random weights; speed does not depend on them), with local attention on the water box
 (absolute positions: the box is made whole around one atom; relative positions: true periodic
 images), with 24-frame averaging on alanine dipeptide, the shipped models (``transip-default``,
-``transip-local``) when present, and MACE with MACE-OFF23 small/medium hyper-parameters (random weights) through
+``transip-local``) when present, ``transip-local-rebuilt`` (the shipped local weights in this
+version's code, :func:`~transip_openmm.export.wrapper.rebuild_exported`: the shipped file predates
+capture-safe neighbour lists, so only the rebuilt one runs in a CUDA graph on the water box),
+and MACE with MACE-OFF23 small/medium hyper-parameters (random weights) through
 ``MLPotential('mace', modelPath=...)``. Langevin dynamics with a 0.05 fs step (random
 models must not blow up; the cost of a step does not depend on its length).
 JSON: a list of rows ``model, backend, system, n_atoms, steps_per_s, ms_per_step,
@@ -107,6 +110,20 @@ def export_transip(model, path: Path) -> Path:
     return path
 
 
+def rebuild_file(path: Path, out: Path) -> Path:
+    """An exported file rebuilt with this version's code (same weights and metadata)."""
+    import json
+
+    from transip_openmm.artifacts import METADATA_ENTRY
+    from transip_openmm.export.wrapper import rebuild_exported
+    from transip_openmm.force import load_exported
+
+    module, meta = load_exported(path)
+    scripted = torch.jit.script(rebuild_exported(module, meta))
+    torch.jit.save(scripted, str(out), _extra_files={METADATA_ENTRY: json.dumps(meta)})
+    return out
+
+
 def transip_force(factory, path, topology, backend: str, device: Optional[str]):
     """TransIPForce for a benchmark backend name: ``torch``, ``python`` or ``python-graphs``
     (python backend with the model captured in a CUDA graph)."""
@@ -173,9 +190,6 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
                 continue
             topology, _ = systems[system_name]
             for backend in args.backends:
-                local_large = case["config"].get("attention_cutoff") and topology.getNumAtoms() >= 256
-                if backend == "python-graphs" and local_large:
-                    continue  # the neighbour list has data-dependent shapes: not capturable
                 system = bare_system(topology)
                 try:
                     system.addForce(transip_force(TransIPForce, path, topology, backend, args.device))
@@ -184,20 +198,23 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
                     continue
                 record(case["model"], backend, system_name, system)
 
-    # The shipped models (``transip-default``, ``transip-local``).
+    # The shipped models (``transip-default``, ``transip-local``), and the local one rebuilt.
+    shipped_files: Dict[str, Any] = {}
     for shipped in SHIPPED_MODELS:
-        name = f"transip-{shipped}"
-        if args.models and name not in args.models:
-            continue
         try:
-            shipped_model_path(shipped)
+            shipped_files[f"transip-{shipped}"] = shipped_model_path(shipped)
         except FileNotFoundError:
-            logger.info("no shipped %s model: %s rows skipped", shipped, name)
+            logger.info("no shipped %s model: its rows skipped", shipped)
+    if "transip-local" in shipped_files and (not args.models or "transip-local-rebuilt" in args.models):
+        shipped_files["transip-local-rebuilt"] = rebuild_file(shipped_files["transip-local"],
+                                                              tmp / "local-rebuilt.pt")
+    for name, path in shipped_files.items():
+        if args.models and name not in args.models:
             continue
         for system_name, (topology, _) in systems.items():
             for backend in args.backends:
                 try:
-                    force = transip_force(TransIPForce, shipped, topology, backend, args.device)
+                    force = transip_force(TransIPForce, path, topology, backend, args.device)
                 except Exception as exc:
                     logger.warning("%s on %s: %s", name, system_name, exc)
                     continue

@@ -7,11 +7,15 @@ Structures: random water-density atom clouds (0.1 atoms/Å³, H:O = 2:1, no pair
 ``dense`` (all pairs, distance bias: quadratic memory), ``dense-nobias`` (all pairs, fused
 attention, no bias), ``local5A`` (attention cutoff 5 Å over a cell-list neighbour list:
 linear) and ``local5A-periodic`` (the same with relative positions, the cloud filling a
-periodic cube: every atom has a full neighbour shell, as in a solvent box). Every case runs
+periodic cube: every atom has a full neighbour shell, as in a solvent box); ``...-graph``: the
+same two, capture-safe (static neighbour list, capacity fitted on the structure with a 25 %
+margin) and, on CUDA, captured in a CUDA graph and replayed (on the CPU: capture-safe, eager).
+Every case runs
 in a fresh subprocess so that peak memory is its own: peak resident set size growth on the
 CPU, ``torch.cuda.max_memory_allocated`` on CUDA. Cases whose estimated memory exceeds
 ``--max-gb`` are reported as skipped.
-JSON: rows ``model, variant, device, n_atoms, ms_per_eval, peak_mem_mb`` (+ ``skipped``).
+JSON: rows ``model, variant, device, n_atoms, ms_per_eval, peak_mem_mb`` (+ ``skipped``; graph
+variants: ``max_neighbors``, ``max_cell_atoms``, ``overflow``).
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
     "dense-nobias": {"distance_bias": False},
     "local5A": {"attention_cutoff": 5.0},
     "local5A-periodic": {"attention_cutoff": 5.0, "position_encoding": "relative"},
+    "local5A-graph": {"attention_cutoff": 5.0},
+    "local5A-periodic-graph": {"attention_cutoff": 5.0, "position_encoding": "relative"},
 }
 WATER_DENSITY_SPACING = 0.1 ** (-1.0 / 3.0)  # Å between grid points: 0.1 atoms/Å³
 CPU_SIZES = [22, 100, 300, 1000, 3000, 10000]
@@ -97,15 +103,38 @@ def worker(variant: str, n: int, size: str, device: str, target_s: float, thread
     charge = torch.zeros(1, dtype=torch.long, device=device)
     mult = torch.ones(1, dtype=torch.long, device=device)
     cell = None
-    if variant.endswith("periodic"):
+    if "periodic" in variant:
         edge = cloud_side(n) * WATER_DENSITY_SPACING
         cell = torch.eye(3, dtype=pos.dtype, device=device) * edge
     cuda = device.startswith("cuda")
+    graph_mode = variant.endswith("-graph")
+    if graph_mode:  # static shapes, no host reads: capturable
+        scripted.capture_safe = True
+        scripted.fit_neighbor_capacity(pos[0], cell, 0.25)
+    static_pos = pos.clone()
+
+    def energy_forces() -> torch.Tensor:
+        p = static_pos.detach().requires_grad_(True)
+        energy, _ = scripted(z, p, mask, charge, mult, cell)
+        return torch.autograd.grad([energy.sum()], [p])[0]
+
+    graph = None
+    if graph_mode and cuda:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):  # the profiling executor settles before capture
+                energy_forces()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            energy_forces()
 
     def evaluate() -> None:
-        p = pos.clone().requires_grad_(True)
-        energy, _ = scripted(z, p, mask, charge, mult, cell)
-        torch.autograd.grad([energy.sum()], [p])
+        if graph is not None:
+            graph.replay()
+        else:
+            energy_forces()
         if cuda:
             torch.cuda.synchronize()
 
@@ -129,9 +158,13 @@ def worker(variant: str, n: int, size: str, device: str, target_s: float, thread
         peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
         peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024.0  # KiB on Linux
-    return {"model": size, "variant": variant, "device": device, "n_atoms": n,
-            "ms_per_eval": 1e3 * min(times), "ms_median": 1e3 * sorted(times)[len(times) // 2],
-            "peak_mem_mb": peak_mb, "n_timed": len(times)}
+    row = {"model": size, "variant": variant, "device": device, "n_atoms": n,
+           "ms_per_eval": 1e3 * min(times), "ms_median": 1e3 * sorted(times)[len(times) // 2],
+           "peak_mem_mb": peak_mb, "n_timed": len(times)}
+    if graph_mode:
+        row.update({"cuda_graph": graph is not None, "max_neighbors": scripted.max_neighbors,
+                    "max_cell_atoms": scripted.max_cell_atoms, "overflow": scripted.neighbor_overflow()})
+    return row
 
 
 def run_case(variant: str, n: int, args: argparse.Namespace) -> Dict[str, Any]:
@@ -190,7 +223,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for variant in variants:
         for n in sizes:
             est = estimate_gb(variant, n, config)
-            if variant.endswith("periodic") and cloud_side(n) * WATER_DENSITY_SPACING < 2 * 5.0:
+            if "periodic" in variant and cloud_side(n) * WATER_DENSITY_SPACING < 2 * 5.0:
                 rows.append({"model": args.size, "variant": variant, "device": args.device, "n_atoms": n,
                              "skipped": "periodic box narrower than twice the 5 Å cutoff"})
                 continue
