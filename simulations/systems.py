@@ -57,14 +57,27 @@ class BuiltSystem:
 def load_structure(path: Path) -> tuple[app.Topology, np.ndarray]:
     """Topology and (N, 3) positions in nm of a PDB/mmCIF/XYZ/SDF file."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix in ASE_STRUCTURE_SUFFIXES:
-        import ase.io
+    topology, positions = _read_structure(path)
+    bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
+    if bad.size:
+        raise ProtocolError(f"system.structure: {path}: atom(s) {bad[:10].tolist()} have non-finite (NaN or inf) "
+                            "coordinates")
+    return topology, positions
 
-        atoms = ase.io.read(str(path))
-        return topology_from_ase(atoms), np.asarray(atoms.get_positions()) * ANGSTROM_TO_NM
-    reader = app.PDBFile if suffix == ".pdb" else app.PDBxFile
-    structure = reader(str(path))
+
+def _read_structure(path: Path) -> tuple[app.Topology, np.ndarray]:
+    suffix = path.suffix.lower()
+    try:
+        if suffix in ASE_STRUCTURE_SUFFIXES:
+            import ase.io
+
+            atoms = ase.io.read(str(path))
+            return topology_from_ase(atoms), np.asarray(atoms.get_positions()) * ANGSTROM_TO_NM
+        reader = app.PDBFile if suffix == ".pdb" else app.PDBxFile
+        structure = reader(str(path))
+    except Exception as exc:  # openmm and ase raise many types for a malformed file
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ProtocolError(f"system.structure: cannot read {path} ({detail})") from exc
     positions = np.asarray(structure.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
     return structure.topology, positions
 

@@ -203,6 +203,8 @@ CASES: Dict[str, Builder] = {
     "simulate: protocol is not valid YAML": lambda t, a: Case(
         ["simulate", str(_write(t, "p.yaml", "name: x\nsystem: {structure: a.pdb\n")), "-o", str(t / "run")],
         match="YAML"),
+    "simulate: NaN coordinate in the structure": lambda t, a: Case(
+        ["simulate", str(_protocol_with_nan_structure(t)), "-o", str(t / "run")], match="NaN"),
     "analyze: folder that is not a run": lambda t, a: Case(["analyze", str(t)], match="not a simulation run"),
     "demo: --model file missing": lambda t, a: Case(
         ["demo", "--model", str(t / "nope.pt"), "-o", str(t / "run")], match="does not exist"),
@@ -240,6 +242,16 @@ def _protocol_with_typo(tmp: Path) -> Path:
     data = yaml.safe_load((REPO / "simulations" / "protocols" / "alanine-dipeptide-vacuum.yaml").read_text())
     data["system"]["structure"] = str(REPO / "simulations" / "inputs" / "alanine-dipeptide.pdb")
     data["integrater"] = data.pop("integrator")
+    return _write(tmp, "protocol.yaml", yaml.safe_dump(data))
+
+
+def _protocol_with_nan_structure(tmp: Path) -> Path:
+    """The shipped vacuum protocol on a copy of its PDB whose first atom has x = nan."""
+    pdb = (REPO / "simulations" / "inputs" / "alanine-dipeptide.pdb").read_text().splitlines()
+    first = next(i for i, line in enumerate(pdb) if line.startswith(("ATOM", "HETATM")))
+    pdb[first] = pdb[first][:30] + "     nan" + pdb[first][38:]
+    data = yaml.safe_load((REPO / "simulations" / "protocols" / "alanine-dipeptide-vacuum.yaml").read_text())
+    data["system"]["structure"] = str(_write(tmp, "nan.pdb", "\n".join(pdb) + "\n"))
     return _write(tmp, "protocol.yaml", yaml.safe_dump(data))
 
 
