@@ -24,7 +24,7 @@ from transip_openmm.data.config import GenerateConfig
 from transip_openmm.data.errors import DataGenError
 from transip_openmm.data.plan import Shard, Task, make_plan, make_shards, truncate
 from transip_openmm.data.shards import load_manifest, save_manifest, write_shard
-from transip_openmm.data.worker import TaskResult, init_worker, run_task
+from transip_openmm.data.worker import TaskResult, TaskRunner, init_worker, run_task
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ def generate(config: GenerateConfig, output: Path, workers: int = 1, max_structu
     """
     if workers < 1 or threads_per_worker < 1:
         raise DataGenError("--workers and --threads-per-worker must be at least 1")
+    TaskRunner(config)  # checks systems, samplers and labeller before any worker starts
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     manifest = _check_output(output, config, resume)

@@ -65,7 +65,12 @@ def _paths(options: Mapping[str, Any], root: Path, where: str) -> tuple:
     paths = options.get("paths")
     if not paths:
         raise DataGenError(f"{where}.paths: give at least one file or folder")
-    return tuple(str((root / p).resolve()) for p in ([paths] if isinstance(paths, str) else paths))
+    resolved = tuple((root / p).resolve() for p in ([paths] if isinstance(paths, str) else paths))
+    missing = [str(p) for p in resolved if not p.exists()]
+    if missing:
+        raise DataGenError(f"{where}.paths: {missing} do not exist (relative paths start at the config's root); "
+                           "fix the paths or remove the job")
+    return tuple(str(p) for p in resolved)
 
 
 def _check_keys(options: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:

@@ -68,6 +68,9 @@ class TaskRunner:
     def run(self, task: Task) -> TaskResult:
         job = self.config.jobs[task.job]
         rng = task_rng(self.config.seed, task)
+        for labeller in (self.labeller, self.teacher):  # no state from earlier tasks: same result for any worker
+            if hasattr(labeller, "reset"):
+                labeller.reset()
         result = TaskResult(task.index, asked=task.n_frames)
         structure = self.builders[task.job](task.k, rng)
         frames = []
