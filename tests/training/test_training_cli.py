@@ -168,3 +168,12 @@ def test_evaluate_real_export_matches_checkpoint(trained, tmp_path):
     # float32 rounding alone is ~1 meV
     for key in ("energy_mae_meV", "force_mae_meV_per_A", "force_cos_mean", "rot_energy_std_meV"):
         assert res["exp"][key] == pytest.approx(res["ckpt"][key], rel=2e-3, abs=2.0)
+
+
+def test_fresh_run_drops_the_log_of_a_run_killed_before_its_first_checkpoint(tmp_path):
+    cfg = write_tiny_config(tmp_path, max_steps=2)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "log.csv").write_text("step,epoch,loss\n1,0,9.0\n2,0,8.0\n3,0,7.0\n")  # no last.ckpt: nothing to resume
+    assert main(["train", str(cfg), "--output", str(out)]) == 0
+    assert [int(r["step"]) for r in _log(out)] == [1, 2]
