@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 TEST_DATA = REPO / "tests" / "data"
 ALA = TEST_DATA / "alanine_dipeptide.pdb"
 ACAC = TEST_DATA / "acac_mini.xyz"
-OMOL = TEST_DATA / "omol25_mini.aselmdb"
+NOBLE = TEST_DATA / "omol25_noble_gas_compounds.xyz"  # elements beyond H C N O
 STARTER = REPO / "training" / "configs" / "omol25_starter.yaml"
 WATER_XYZ = "3\nwater\nO 0.0 0.0 0.0\nH 0.96 0.0 0.0\nH -0.24 0.93 0.0\n"
 TINY_MODEL = {"d_model": 16, "n_layers": 1, "n_heads": 2, "n_rbf": 8, "rbf_cutoff": 6.0}
@@ -170,7 +170,7 @@ CASES: Dict[str, Builder] = {
                                 "O 0 0 0 0 0 0\nH 0.96 0 0 0 0 0\nH -0.24 0.93 0 0 0 0\n")),
          "--json", str(t / "m.json")], match="multiplicity 2 is impossible with 10 electrons"),
     "evaluate: data element unknown to the model": lambda t, a: Case(
-        ["evaluate", str(_copy(a["ckpt"], t)), str(OMOL), "--json", str(t / "m.json")], match="element"),
+        ["evaluate", str(_copy(a["ckpt"], t)), str(NOBLE), "--json", str(t / "m.json")], match="element"),
     # ---- transip export
     "export: exported model given as the checkpoint": lambda t, a: Case(
         ["export", str(_copy(a["pt"], t)), "-o", str(t / "out.pt")], match="not a training checkpoint"),
