@@ -7,7 +7,7 @@ record is a zlib-compressed JSON row with ``numbers``, ``positions`` (Å), ``ene
 (the family key is derived from it) and, in generated shards, ``level_of_theory``.
 
 The index of a shard (record id, atom count, family, charge, multiplicity, level of theory
-and the set of elements of every record; ~40 bytes a record) is built by one pass over the
+and the set of elements of every record; 26 bytes a record) is built by one pass over the
 shard and cached beside it in ``.transip-index/<shard>.npz``; a cache whose shard changed
 (size and mtime, or, when only the mtime differs, a digest of the first and last MiB) is
 rebuilt. Where the data directory is read-only the cache goes to the user cache directory
@@ -38,7 +38,7 @@ PathLike = Union[str, Path]
 
 SHARD_SUFFIX = ".aselmdb"
 #: Version of the cached index layout; a cache of another version is rebuilt.
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 INDEX_DIR = ".transip-index"
 _DIGEST_BYTES = 1 << 20
 _CHARGE_SPIN_SUFFIX = re.compile(r"_(-?\d+)_(\d+)$")
@@ -162,7 +162,8 @@ class ShardIndex:
 
     record_ids (n,) int64 LMDB keys in read order; n_atoms (n,) int32; charge, multiplicity
     (n,) int16; family (n,) int32 codes into ``families``; level (n,) int16 codes into
-    ``levels``; element_mask (n, 2) uint64: bit Z-1 of the 128-bit mask set if element Z occurs.
+    ``levels``; element_set (n,) int32 codes into ``element_masks`` (u, 2) uint64, the distinct
+    element sets as 128-bit masks (bit Z-1 set if element Z occurs).
     """
 
     path: Path
@@ -174,10 +175,15 @@ class ShardIndex:
     families: List[str]
     level: np.ndarray
     levels: List[str]
-    element_mask: np.ndarray
+    element_set: np.ndarray
+    element_masks: np.ndarray
 
     def __len__(self) -> int:
         return int(self.record_ids.shape[0])
+
+    def masks_of(self, positions: np.ndarray) -> np.ndarray:
+        """(u', 2) the distinct element masks of the records at ``positions``."""
+        return self.element_masks[np.unique(self.element_set[positions])]
 
 
 def element_mask(numbers: np.ndarray) -> Tuple[int, int]:
@@ -254,18 +260,21 @@ def build_index(shard: Path) -> ShardIndex:
     mult = np.zeros(n, np.int16)
     family = np.zeros(n, np.int32)
     level = np.zeros(n, np.int16)
-    masks = np.zeros((n, 2), np.uint64)
+    element_set = np.zeros(n, np.int32)
     fam_codes: Dict[str, int] = {}
     lot_codes: Dict[str, int] = {}
+    set_codes: Dict[Tuple[int, int], int] = {}
     for i, mol in enumerate(iter_shard(shard)):
         n_atoms[i] = mol.n_atoms
         charge[i] = mol.charge
         mult[i] = mol.multiplicity
         family[i] = fam_codes.setdefault(mol.family, len(fam_codes))
         level[i] = lot_codes.setdefault(mol.level_of_theory, len(lot_codes))
-        masks[i] = element_mask(mol.numbers)
+        element_set[i] = set_codes.setdefault(element_mask(mol.numbers), len(set_codes))
     logger.info("indexed %d records of %s", n, shard)
-    return ShardIndex(shard, ids, n_atoms, charge, mult, family, list(fam_codes), level, list(lot_codes), masks)
+    masks = np.array(list(set_codes), dtype=np.uint64).reshape(-1, 2)
+    return ShardIndex(shard, ids, n_atoms, charge, mult, family, list(fam_codes), level, list(lot_codes),
+                      element_set, masks)
 
 
 def _save_index(index: ShardIndex, target: Path, fingerprint: Dict[str, int], digest: str) -> None:
@@ -275,7 +284,8 @@ def _save_index(index: ShardIndex, target: Path, fingerprint: Dict[str, int], di
              mtime_ns=np.int64(fingerprint["mtime_ns"]), digest=np.str_(digest),
              record_ids=index.record_ids, n_atoms=index.n_atoms, charge=index.charge,
              multiplicity=index.multiplicity, family=index.family, families=np.array(index.families, dtype=str),
-             level=index.level, levels=np.array(index.levels, dtype=str), element_mask=index.element_mask)
+             level=index.level, levels=np.array(index.levels, dtype=str), element_set=index.element_set,
+             element_masks=index.element_masks)
     os.replace(tmp, target)
 
 
@@ -288,7 +298,7 @@ def _load_cached(shard: Path, cached: Path, fingerprint: Dict[str, int]) -> Opti
                 return None
             return ShardIndex(shard, z["record_ids"], z["n_atoms"], z["charge"], z["multiplicity"], z["family"],
                               [str(s) for s in z["families"]], z["level"], [str(s) for s in z["levels"]],
-                              z["element_mask"])
+                              z["element_set"], z["element_masks"])
     except (OSError, KeyError, ValueError) as exc:
         logger.warning("ignoring unreadable index cache %s (%s)", cached, exc)
         return None
@@ -320,26 +330,37 @@ def load_index(shard: PathLike) -> ShardIndex:
     return index
 
 
+def load_indexes(shards: Sequence[Path], workers: int = 0) -> List[ShardIndex]:
+    """:func:`load_index` of every shard; ``workers`` > 1 processes build missing indexes in parallel."""
+    if workers > 1 and len(shards) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(workers, len(shards))) as pool:
+            return list(pool.map(load_index, shards))
+    return [load_index(p) for p in shards]
+
+
 # ---------------------------------------------------------------------------- dataset
 
 class ShardedDataset:
     """Records of ``.aselmdb`` shards, decoded on demand (the :class:`LabelledDataset` interface).
 
-    Held in memory: each shard's index (about 40 bytes a record) and the selected rows
-    ``rows`` (k, 2) int64 (shard number, position in the shard) with a ``has_energy`` (k,)
+    Held in memory: each shard's index (26 bytes a record) and the selected rows
+    ``rows`` (k, 2) int32 (shard number, position in the shard) with a ``has_energy`` (k,)
     bool flag; nothing else. ``subset`` and ``with_energies`` return views on the same shards.
     """
 
     def __init__(self, shards: Union[PathLike, Sequence[PathLike], Sequence[ShardIndex]],
-                 rows: Optional[np.ndarray] = None, has_energy: Optional[np.ndarray] = None) -> None:
+                 rows: Optional[np.ndarray] = None, has_energy: Optional[np.ndarray] = None,
+                 index_workers: int = 0) -> None:
         if isinstance(shards, (list, tuple)) and shards and isinstance(shards[0], ShardIndex):
             self.indexes: List[ShardIndex] = list(shards)  # type: ignore[arg-type]
         else:
-            self.indexes = [load_index(p) for p in find_shards(shards)]  # type: ignore[arg-type]
+            self.indexes = load_indexes(find_shards(shards), index_workers)  # type: ignore[arg-type]
         if rows is None:
-            rows = np.concatenate([np.stack([np.full(len(ix), k, np.int64), np.arange(len(ix), dtype=np.int64)], 1)
-                                   for k, ix in enumerate(self.indexes)] or [np.zeros((0, 2), np.int64)])
-        self.rows = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
+            rows = np.concatenate([np.stack([np.full(len(ix), k, np.int32), np.arange(len(ix), dtype=np.int32)], 1)
+                                   for k, ix in enumerate(self.indexes)] or [np.zeros((0, 2), np.int32)])
+        self.rows = np.asarray(rows, dtype=np.int32).reshape(-1, 2)
         self.has_energy = (np.ones(len(self.rows), bool) if has_energy is None
                            else np.asarray(has_energy, dtype=bool))
 
@@ -384,7 +405,7 @@ class ShardedDataset:
 
     @property
     def elements(self) -> List[int]:
-        masks = [ix.element_mask[self.rows[self.rows[:, 0] == k, 1]] for k, ix in enumerate(self.indexes)]
+        masks = [ix.masks_of(self.rows[self.rows[:, 0] == k, 1]) for k, ix in enumerate(self.indexes)]
         return mask_elements(np.concatenate(masks) if masks else np.zeros((0, 2), np.uint64))
 
     # -- records
@@ -430,11 +451,11 @@ class ShardedDataset:
         allowed = set(int(z) for z in elements)
         for k, ix in enumerate(self.indexes):
             pos = self.rows[self.rows[:, 0] == k, 1]
-            bad = set(mask_elements(ix.element_mask[pos])) - allowed
+            bad = set(mask_elements(ix.masks_of(pos))) - allowed
             if bad:
                 lo, hi = element_mask(np.array(sorted(bad)))
-                first = int(pos[np.flatnonzero((ix.element_mask[pos, 0] & np.uint64(lo))
-                                               | (ix.element_mask[pos, 1] & np.uint64(hi)))[0]])
+                bad_sets = np.flatnonzero((ix.element_masks[:, 0] & np.uint64(lo)) | (ix.element_masks[:, 1] & np.uint64(hi)))
+                first = int(pos[np.isin(ix.element_set[pos], bad_sets)][0])
                 from ase.data import chemical_symbols
 
                 names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in sorted(bad))
@@ -454,9 +475,33 @@ class ShardedDataset:
         return h.hexdigest()
 
 
-def open_shards(spec: Union[PathLike, Sequence[PathLike]], elements: Optional[Sequence[int]] = None) -> ShardedDataset:
-    """A :class:`ShardedDataset` over ``spec`` (files, directories, globs), checked against ``elements``."""
-    dataset = ShardedDataset(spec)
+def open_shards(spec: Union[PathLike, Sequence[PathLike]], elements: Optional[Sequence[int]] = None,
+                index_workers: int = 0) -> ShardedDataset:
+    """A :class:`ShardedDataset` over ``spec`` (files, directories, globs), checked against
+    ``elements``; ``index_workers`` processes index new shards in parallel."""
+    dataset = ShardedDataset(spec, index_workers=index_workers)
     dataset.validate(elements)
     logger.info("%d structures in %d shard(s) (lazy)", len(dataset), len(dataset.indexes))
     return dataset
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m transip_openmm.training.shards PATH... [--workers N]``: build (or check) the
+    cached indexes of shards before a run, e.g. once before a multi-node job."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", help=".aselmdb files, directories or glob patterns")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="indexing processes")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    dataset = ShardedDataset(args.paths, index_workers=args.workers)
+    n_atoms = dataset.n_atoms
+    logger.info("%d structures in %d shards; atoms per structure %d-%d (mean %.1f); elements %s; levels of "
+                "theory %s", len(dataset), len(dataset.indexes), n_atoms.min(), n_atoms.max(), n_atoms.mean(),
+                dataset.elements, dataset.levels_of_theory)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -86,12 +86,12 @@ def open_data(cfg: TrainConfig, paths: Sequence[str]) -> LabelledDataset:
             pending.append(path)
             continue
         if pending:
-            parts.append(open_shards(pending, elements))
+            parts.append(open_shards(pending, elements, cfg.run.num_workers))
             pending = []
         files = find_shards(path) if (path.is_dir() or not path.exists()) else [path]
         parts.append(read_datasets(files, elements))
     if pending:
-        parts.append(open_shards(pending, elements))
+        parts.append(open_shards(pending, elements, cfg.run.num_workers))
     return concatenate(parts)
 
 
@@ -108,9 +108,11 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
     elements = cfg.data.elements
     full = open_data(cfg, cfg.data.train)
     if cfg.data.val:  # validation files: opened here (lazily when they are shards)
-        no_val = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, val=[], val_fraction=0.0))
-        train, _, _ = config_parts(no_val, full)
         val = open_data(cfg, cfg.data.val)
+        train = full
+        if not cfg.data.test and cfg.data.test_fraction > 0:  # hold a test part out of the training files
+            no_val = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, val=[], val_fraction=0.0))
+            train, _, _ = config_parts(no_val, full)
     else:
         train, val, _ = config_parts(cfg, full)  # a held-out test part is never seen here
     if cfg.data.max_train is not None:
@@ -147,6 +149,16 @@ def _dist_info() -> Tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def local_device(device: str) -> torch.device:
+    """The device of this process: under torchrun, ``cuda`` means this node's GPU ``LOCAL_RANK``."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None and "LOCAL_RANK" in os.environ:
+        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    return dev
 
 
 def init_distributed(device: str) -> Tuple[int, int]:
@@ -188,7 +200,7 @@ class Trainer:
         self.output = Path(output)
         self.resume = resume
         self.stop_after = stop_after
-        self.device = torch.device(cfg.run.device)
+        self.device = local_device(cfg.run.device)
         if cfg.run.threads:
             torch.set_num_threads(int(cfg.run.threads))
         self.rank, self.world = init_distributed(cfg.run.device)
@@ -234,7 +246,8 @@ class Trainer:
         ).to(self.device)
         self.ddp = None
         if self.world > 1:
-            self.ddp = torch.nn.parallel.DistributedDataParallel(self.module)
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         decay, no_decay = [], []
         for name, p in self.module.named_parameters():
             (decay if p.ndim >= 2 and "embedding" not in name else no_decay).append(p)
