@@ -31,8 +31,9 @@ _MAPPED_ATOM = re.compile(r"\[([A-Za-z][a-z]?)[^\]:]*:(\d+)\]")
 
 @functools.lru_cache(maxsize=8)
 def omol25_seeds(paths: Tuple[str, ...], val_fraction: float, test_fraction: float,
-                 split_seed: int) -> List[Structure]:
-    """Training-split structures of OMol25 files (validation/test molecules left out)."""
+                 split_seed: int, max_atoms: int = 60) -> List[Structure]:
+    """Training-split structures of OMol25 files with at most ``max_atoms`` atoms (validation/test molecules
+    left out; the split is made over all structures, as the trainer makes it)."""
     from transip_openmm.training.readers import read_datasets
     from transip_openmm.training.splits import molecule_split
 
@@ -44,10 +45,12 @@ def omol25_seeds(paths: Tuple[str, ...], val_fraction: float, test_fraction: flo
     seeds = []
     for i in split.train:
         mol = dataset[i]
+        if mol.n_atoms > max_atoms:
+            continue
         atoms = Atoms(numbers=mol.numbers, positions=mol.positions)
         seeds.append(Structure(atoms, int(mol.charge), int(mol.multiplicity), mol.family))
-    logger.info("OMol25 seeds: %d training structures of %d (held out: %d validation, %d test)",
-                len(seeds), len(dataset), len(split.val), len(split.test))
+    logger.info("OMol25 seeds: %d training structures of <= %d atoms, of %d (held out: %d validation, %d test)",
+                len(seeds), max_atoms, len(dataset), len(split.val), len(split.test))
     return seeds
 
 

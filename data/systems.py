@@ -12,7 +12,7 @@ sizes and geometry are drawn from ``rng``. Kinds and their keys:
 * ``electrolyte``: ``cations`` (Li+, Na+), ``solvents`` (EC, PC, DMC, EMC),
   ``anions`` (PF6-, BF4-, none), ``n_solvent: [min, max]``.
 * ``omol25``: ``paths`` (.aselmdb), ``val_fraction``, ``test_fraction``, ``split_seed``
-  (the held-out molecules of that split are never seeds).
+  (the held-out molecules of that split are never seeds), ``max_atoms`` (default 60).
 * ``spice``: ``paths`` (SPICE geometry HDF5, nm), ``max_atoms``.
 * ``md_run`` (active learning): ``paths`` (run folders of ``transip simulate`` or the
   stability screen: ``topology.pdb`` plus ``trajectory.dcd``/``.xtc``), ``atoms`` (mdtraj
@@ -120,9 +120,9 @@ def make_system(spec: Mapping[str, Any], root: Path, where: str) -> Builder:
 
         return build_electrolyte
     if kind == "omol25":
-        _check_keys(spec, ["paths", "val_fraction", "test_fraction", "split_seed"], where)
+        _check_keys(spec, ["paths", "val_fraction", "test_fraction", "split_seed", "max_atoms"], where)
         key = (_paths(spec, root, where), float(spec.get("val_fraction", 0.1)),
-               float(spec.get("test_fraction", 0.1)), int(spec.get("split_seed", 0)))
+               float(spec.get("test_fraction", 0.1)), int(spec.get("split_seed", 0)), int(spec.get("max_atoms", 60)))
         return lambda index, rng: seeds.pick(seeds.omol25_seeds(*key), rng, where)
     if kind == "spice":
         _check_keys(spec, ["paths", "max_atoms"], where)
