@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from transip_openmm.data.config import GenerateConfig, config_from_dict
-from transip_openmm.data.errors import LabelFailure
+from transip_openmm.data.errors import DataGenError, LabelFailure
 from transip_openmm.data.labellers import XTBLabeller, make_labeller
 from transip_openmm.data.plan import Task, task_rng
 from transip_openmm.data.samplers import make_sampler
@@ -55,7 +55,8 @@ class TaskRunner:
         self.labeller = make_labeller(config.labeller)
         teacher = make_labeller(config.teacher)
         if not isinstance(teacher, XTBLabeller):
-            raise LabelFailure("the teacher must be a tblite method (GFN2-xTB or GFN1-xTB)")
+            raise DataGenError(f"teacher.method {config.teacher.get('method')!r}: the teacher must be a tblite "
+                               "method (GFN2-xTB or GFN1-xTB); put DFT under labeller")
         self.teacher = teacher
         # the teacher's own labels are reused for MD frames when it is the labeller too
         self.reuse_teacher_labels = config.teacher == config.labeller
