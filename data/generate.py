@@ -151,6 +151,9 @@ def generate(config: GenerateConfig, output: Path, workers: int = 1, max_structu
                 }
                 save_manifest(output, manifest)
                 written += 1
+                logger.info("%s: %d structures (%d dropped); %d made by this call, %.2f structures/s", shard.name, n,
+                            manifest["shards"][shard.name]["dropped"], made_now,
+                            made_now / (time.perf_counter() - start))
                 if stop_after_shards is not None and written >= stop_after_shards:
                     logger.info("stopping after %d shards as asked", written)
                     break
