@@ -95,15 +95,32 @@ def is_shard_spec(item: PathLike) -> bool:
 #: and process); a forked process starts afresh.
 _ENVS: Dict[str, Any] = {}
 _ENVS_PID = [os.getpid()]
+#: Records read through the open environments since they were last closed, and the paths in a
+#: long read (:func:`iter_shard`) that must stay open.
+_READS = [0]
+_PINNED: set = set()
+#: Random reads after which the environments are closed (and reopened on the next read). A
+#: read maps the pages around its record (the kernel faults in up to 64 KiB at a time), and
+#: mapped pages count in the process's RSS until the map goes: without this, RSS grows with
+#: the records a run has touched, up to the size of the data. 512 reads bound it to ~32 MiB.
+RECYCLE_READS = 512
 
 
-def _env_for(path: Path):
-    """The read-only LMDB environment of a shard, opened once per process."""
+def _env_for(path: Path, random_read: bool = False):
+    """The read-only LMDB environment of a shard, opened once per process; ``random_read``
+    counts towards :data:`RECYCLE_READS`."""
     import lmdb
 
     if _ENVS_PID[0] != os.getpid():  # inherited handles must not be used after a fork
         _ENVS.clear()
+        _PINNED.clear()
         _ENVS_PID[0] = os.getpid()
+    if random_read:
+        _READS[0] += 1
+        if _READS[0] > RECYCLE_READS:
+            for name in [k for k in _ENVS if k not in _PINNED]:
+                _ENVS.pop(name).close()
+            _READS[0] = 1
     key = str(Path(path).resolve())
     env = _ENVS.get(key)
     if env is None:
@@ -242,11 +259,16 @@ def index_locations(shard: Path) -> List[Path]:
 
 def iter_shard(shard: Path) -> Iterator[Molecule]:
     """Every record of a shard in read order, decoded and validated (one pass, one transaction)."""
-    with _env_for(shard).begin() as txn:
-        for i, rid in enumerate(_record_ids(txn).tolist()):
-            mol = record_to_molecule(_decode_row(txn.get(str(rid).encode("ascii"))), shard, i)
-            validate_molecule(mol)
-            yield mol
+    key = str(Path(shard).resolve())
+    _PINNED.add(key)
+    try:
+        with _env_for(shard).begin() as txn:
+            for i, rid in enumerate(_record_ids(txn).tolist()):
+                mol = record_to_molecule(_decode_row(txn.get(str(rid).encode("ascii"))), shard, i)
+                validate_molecule(mol)
+                yield mol
+    finally:
+        _PINNED.discard(key)
 
 
 def build_index(shard: Path) -> ShardIndex:
@@ -415,7 +437,7 @@ class ShardedDataset:
             raise IndexError(f"record {i} outside 0..{len(self) - 1}")
         k, pos = (int(v) for v in self.rows[i])
         ix = self.indexes[k]
-        with _env_for(ix.path).begin() as txn:
+        with _env_for(ix.path, random_read=True).begin() as txn:
             raw = txn.get(str(int(ix.record_ids[pos])).encode("ascii"))
         if raw is None:
             raise DataError(f"{ix.path}, record {pos}: missing from the shard (changed since it was indexed?); "

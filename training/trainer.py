@@ -282,6 +282,7 @@ class Trainer:
                         self.world)
         if self.resumed is not None:
             self._load(self.resumed, self.output / "last.ckpt")
+            self.resumed = None  # its tensors now live in the model and the optimiser
         elif self.is_main:  # a fresh run: drop the log rows of a run killed before its first checkpoint
             self._truncate_log(0)
         if self.is_main:

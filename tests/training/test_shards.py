@@ -82,3 +82,17 @@ def test_level_of_theory_is_read_when_present(tmp_path):
     assert xtb.levels_of_theory == ["GFN2-xTB"] and xtb[1].level_of_theory == "GFN2-xTB"
     both = ConcatDataset([plain, xtb])
     assert len(both) == 4 and both[3].level_of_theory == "GFN2-xTB" and both.elements == [1, 6, 8]
+
+
+def test_environments_are_recycled_without_changing_records(tmp_path, monkeypatch):
+    """Random reads close the shard maps every RECYCLE_READS reads (bounded RSS), also inside
+    a long read of a whole shard, and the records stay the same."""
+    folder = write_shards(tmp_path / "data", n_shards=2, per_shard=6)
+    monkeypatch.setattr(shards_mod, "RECYCLE_READS", 3)
+    data = ShardedDataset(folder)
+    first = [data[i] for i in range(len(data))]
+    for whole, mol in zip(shards_mod.iter_shard(folder / "shard000.aselmdb"), first):
+        _same(whole, mol)
+        _same(data[11], first[11])  # random reads between the long read's records
+    for i in (11, 0, 5, 7, 3, 11):
+        _same(data[i], first[i])
