@@ -175,7 +175,7 @@ class Protocol:
         out = copy.deepcopy(self)
         for stage in out.stages:
             stage.steps = min(stage.steps, max_steps)
-            stage.max_iterations = min(stage.max_iterations, max_steps)
+            stage.max_iterations = min(stage.max_iterations or max_steps, max_steps)  # 0: no limit
         out._resolve_times()
         return out
 

@@ -197,6 +197,27 @@ def make_integrator(spec: IntegratorSpec, stage: StageSpec, seed: int) -> openmm
     return integrator
 
 
+def rms_free_force(context: openmm.Context, system: openmm.System) -> float:
+    """Root mean square (kJ/mol/nm) of the force components the constraints leave free:
+    OpenMM's minimiser convergence measure (RMS of all components; without constraints the
+    raw forces). Constraint directions are projected out by applying the velocity
+    constraints to v = F / m (so the context's velocities are overwritten). Massless
+    particles are left out."""
+    forces = context.getState(getForces=True).getForces(asNumpy=True).value_in_unit(
+        unit.kilojoule_per_mole / unit.nanometer)
+    masses = np.array([system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(system.getNumParticles())])
+    massive = masses > 0
+    if system.getNumConstraints():
+        velocities = np.zeros_like(forces)
+        velocities[massive] = forces[massive] / masses[massive, None]
+        context.setVelocities(velocities)
+        context.applyVelocityConstraints(1e-10)
+        free = context.getState(getVelocities=True).getVelocities(asNumpy=True).value_in_unit(
+            unit.nanometer / unit.picosecond)
+        forces = free * masses[:, None]
+    return float(np.sqrt(np.mean(forces[massive] ** 2))) if massive.any() else 0.0
+
+
 def degrees_of_freedom(system: openmm.System) -> int:
     """3 N (massive particles) - constraints - 3 if the centre-of-mass motion is removed."""
     n = sum(1 for i in range(system.getNumParticles()) if system.getParticleMass(i).value_in_unit(unit.dalton) > 0)
@@ -373,20 +394,24 @@ class Runner:
         before = self._check(sim)
         if not before.ok:
             self._blow_up(sim, index, stage, 0, before)
-        counter = _IterationCounter()
         sim.minimizeEnergy(tolerance=stage.tolerance_kj_per_mol_nm * unit.kilojoule_per_mole / unit.nanometer,
-                           maxIterations=stage.max_iterations, reporter=counter)
+                           maxIterations=stage.max_iterations)
         after = self._check(sim)
         if not after.ok:
             self._blow_up(sim, index, stage, 0, after)
-        logger.info("minimised: %.2f -> %.2f kJ/mol, max force %.1f kJ/mol/nm", before.potential,
-                    after.potential, after.max_force)
-        if stage.max_iterations and counter.hit_limit(stage.max_iterations):
+        rms = rms_free_force(sim.context, self.built.system)
+        logger.info("minimised: %.2f -> %.2f kJ/mol, RMS force %.2f, max force %.1f kJ/mol/nm", before.potential,
+                    after.potential, rms, after.max_force)
+        # OpenMM converges with constraints as stiff restraints, then applies them exactly, which
+        # raises the RMS force a little (measured 10.6 after converging to 10 kJ/mol/nm on
+        # solvated alanine dipeptide, HBonds + rigid water): allow twice the tolerance there.
+        limit = stage.tolerance_kj_per_mol_nm * (2.0 if self.built.system.getNumConstraints() else 1.0)
+        if rms > limit:
             logger.warning(
-                "stage %d %r: the minimiser stopped at its iteration limit (stages[%d].max_iterations: %d) before "
-                "the forces fell to the tolerance (%g kJ/mol/nm; max force now %.1f kJ/mol/nm): MD starts from an "
-                "unconverged structure; raise max_iterations (0: no limit)", index + 1, stage.name, index,
-                stage.max_iterations, stage.tolerance_kj_per_mol_nm, after.max_force)
+                "stage %d %r: the minimiser stopped before converging: RMS force %.3g kJ/mol/nm is above the "
+                "tolerance %g (max force %.3g) after at most %s iterations; MD starts from an unconverged "
+                "structure: raise stages[%d].max_iterations (0: no limit)", index + 1, stage.name, rms,
+                stage.tolerance_kj_per_mol_nm, after.max_force, stage.max_iterations or "unlimited", index)
         # velocities for the first MD stage after minimisation
         sim.context.setVelocitiesToTemperature(self.protocol.integrator.temperature_k * unit.kelvin,
                                                self.protocol.seed + index)
@@ -591,24 +616,6 @@ class Runner:
                     f"{info['ns_per_day']:.3f} ns/day" if info["ns_per_day"] else "no MD",
                     traj, info["trajectory_frames"])
         return info
-
-
-class _IterationCounter(openmm.MinimizationReporter):
-    """Records the highest L-BFGS iteration index the minimiser reports (it restarts from 0
-    each time the minimiser tightens its constraint restraints)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.last = -1
-
-    def report(self, iteration, x, grad, args) -> bool:
-        self.last = max(self.last, int(iteration))
-        return False
-
-    def hit_limit(self, max_iterations: int) -> bool:
-        """Whether a run of L-BFGS used all ``max_iterations`` (then it stopped there, not by
-        converging to the tolerance)."""
-        return self.last + 1 >= max_iterations
 
 
 class _NullCloser:

@@ -35,6 +35,12 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def other_tiny_model(tmp_path_factory) -> Path:
+    """Like ``tiny_model`` but another file (8 radial basis functions): a different model."""
+    return _export_random_model(tmp_path_factory.mktemp("model"), "other", n_rbf=8)
+
+
+@pytest.fixture(scope="session")
 def tiny_local_model(tmp_path_factory) -> Path:
     """Random weights, relative positions and 5 Å local attention: accepts periodic boxes."""
     return _export_random_model(tmp_path_factory.mktemp("model"), "tiny-local", position_encoding="relative",

@@ -57,6 +57,8 @@ def test_time_ps_becomes_steps_and_max_steps_caps() -> None:
     resolved = capped.to_dict()["stages"][1]
     assert (resolved["steps"], resolved["time_ps"]) == (10, pytest.approx(0.005))
     assert p.to_dict()["stages"][1]["time_ps"] == pytest.approx(2.0)
+    unlimited = parse_protocol(_with(stages=[{"type": "minimize", "max_iterations": 0}]), Path("."))
+    assert unlimited.capped(10).stages[0].max_iterations == 10  # "no limit" is capped too
     steps_given = parse_protocol(_with(stages=[{"type": "nvt", "steps": 300}]), Path("."))
     assert steps_given.to_dict()["stages"][0]["time_ps"] == pytest.approx(0.15)
 
