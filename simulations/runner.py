@@ -74,10 +74,6 @@ class _Check:
 
 
 # --------------------------------------------------------------------------- small helpers
-def _atomic_write(path: Path, text: str) -> None:
-    atomic_write_text(path, text)
-
-
 @contextlib.contextmanager
 def _atomic_path(path: Path):
     """Yield a temporary path beside ``path`` (same suffix, for writers that choose the format
@@ -140,7 +136,7 @@ def _differences(old: Any, new: Any, where: str = "") -> list[str]:
 
 def check_resume_identity(out: Path, stored: dict[str, Any] | None, current: dict[str, Any]) -> None:
     """Raise :class:`ResumeMismatch` (one line) unless ``current`` is the run in ``out``."""
-    fix = f"resume with the protocol and model the run was started with, or choose another --output"
+    fix = "resume with the protocol and model the run was started with, or choose another --output"
     if stored is None:
         raise ResumeMismatch(f"cannot resume {out}: it has no {IDENTITY_FILE} (made by an older version), so "
                              "it cannot be checked to be the same run; start the run again in another --output")
@@ -267,14 +263,14 @@ class Runner:
             self.progress = json.loads((self.out / PROGRESS_FILE).read_text())
             self._discard_uncommitted()
         else:
-            _atomic_write(self.out / IDENTITY_FILE, json.dumps(identity, indent=1))
+            atomic_write_text(self.out / IDENTITY_FILE, json.dumps(identity, indent=1))
             self.progress = {"stage_index": 0, "step_in_stage": 0, "global_step": 0, "time_ps": 0.0,
                              "checkpoint": None, "state_xml": None, "chunks": [], "done": False}
             text = io.StringIO()
             csv.writer(text).writerow(CSV_COLUMNS)
-            _atomic_write(self.out / "state_data.csv", text.getvalue())
+            atomic_write_text(self.out / "state_data.csv", text.getvalue())
             _write_pdb(self.out / "topology.pdb", self.built.topology, self.built.positions * unit.nanometer)
-            _atomic_write(self.out / "protocol.resolved.yaml",
+            atomic_write_text(self.out / "protocol.resolved.yaml",
                           yaml.safe_dump(self.protocol.to_dict(), sort_keys=False))
 
     def _discard_uncommitted(self) -> None:
@@ -290,13 +286,13 @@ class Runner:
                             int(r[1]) <= self.progress["global_step"]]
         text = io.StringIO()
         csv.writer(text).writerows(keep)
-        _atomic_write(csv_path, text.getvalue())
+        atomic_write_text(csv_path, text.getvalue())
         logger.info("resume: stage %d step %d (global MD step %d, t = %.3f ps); %d state rows kept, "
                     "%d trajectory chunks kept", self.progress["stage_index"], self.progress["step_in_stage"],
                     self.progress["global_step"], self.progress["time_ps"], len(keep) - 1, len(committed))
 
     def _commit(self) -> None:
-        _atomic_write(self.out / PROGRESS_FILE, json.dumps(self.progress, indent=1))
+        atomic_write_text(self.out / PROGRESS_FILE, json.dumps(self.progress, indent=1))
 
     # ---- main entry
     def run(self) -> dict[str, Any]:
@@ -551,7 +547,7 @@ class Runner:
             sim.saveCheckpoint(fh)
         state = sim.context.getState(getPositions=True, getVelocities=True, getParameters=True,
                                      getIntegratorParameters=True)
-        _atomic_write(xml, openmm.XmlSerializer.serialize(state))
+        atomic_write_text(xml, openmm.XmlSerializer.serialize(state))
         old = [self.progress.get("checkpoint"), self.progress.get("state_xml")]
         self.progress.update(checkpoint=chk.name, state_xml=xml.name)
         self._commit()
@@ -561,7 +557,7 @@ class Runner:
 
     def _save_stage_end(self, state: openmm.State) -> None:
         path = self.out / "checkpoints" / f"stage_{self.progress['stage_index']:02d}_start.xml"
-        _atomic_write(path, openmm.XmlSerializer.serialize(state))
+        atomic_write_text(path, openmm.XmlSerializer.serialize(state))
         self.progress["stage_start_xml"] = path.name
         self._commit()
 
@@ -609,7 +605,7 @@ class Runner:
                             for c in self.progress["chunks"] for k in range(c["n_frames"])],
             "timestep_fs": p.integrator.timestep_fs,
         }
-        _atomic_write(self.out / "run.json", json.dumps(info, indent=1))
+        atomic_write_text(self.out / "run.json", json.dumps(info, indent=1))
         self.progress["done"] = True
         self._commit()
         logger.info("done: %d MD steps in %.1f s (%s); trajectory %s (%d frames)", steps_done, wall,

@@ -194,10 +194,13 @@ def remove_ml_interactions(system: openmm.System, ml_atoms: Sequence[int]) -> No
     """Mechanical embedding: drop every MM interaction acting only between ML atoms.
 
     Bonded terms with all atoms in the ML region get zero force constants (CMAP terms an
-    all-zero map); every force is changed in place, so the force order is kept; nonbonded ML-ML pairs become zero exceptions (NonbondedForce,
-    which also removes their reciprocal-space part under PME) or exclusions
-    (CustomNonbondedForce); constraints between ML atoms are removed. ML-MM interactions
-    are kept. Raises for a force type it does not know how to split.
+    all-zero map); nonbonded ML-ML pairs become zero exceptions (NonbondedForce, which also
+    removes their reciprocal-space part under PME) or exclusions (CustomNonbondedForce);
+    constraints between ML atoms are removed. ML-MM interactions are kept. Every force is
+    changed in place, so the force order is kept. For an ML region of whole molecules this
+    equals openmm-ml's mechanical embedding (``createMixedSystem``; tested for amber14 and
+    amber19); a region that cuts bonds gets no link atoms here. Raises for a force type it
+    does not know how to split.
     """
     ml = set(int(i) for i in ml_atoms)
 

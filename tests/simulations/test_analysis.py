@@ -151,8 +151,8 @@ def test_summary_states_units_reference_and_circular_angles(tmp_path: Path) -> N
     assert "rmsd_nm" not in summary
     rmsd = summary["rmsd_angstrom"]
     heavy = [a.index for a in traj.topology.atoms if a.element.symbol != "H"]
-    expected = mdtraj.rmsd(mdtraj.load(str(tmp_path / "run" / "trajectory.dcd"), top=str(tmp_path / "run" / "topology.pdb")),
-                           traj, 0, atom_indices=heavy) * 10.0  # nm -> Å
+    written = mdtraj.load(str(tmp_path / "run" / "trajectory.dcd"), top=str(tmp_path / "run" / "topology.pdb"))
+    expected = mdtraj.rmsd(written, traj, 0, atom_indices=heavy) * 10.0  # nm -> Å
     assert rmsd["max"] == pytest.approx(float(expected.max()), rel=1e-4)
     assert "frame 0 (t = 0.05 ps)" in rmsd["reference"] and "heavy atoms (10)" in rmsd["atoms"]
     phi, _ = A.compute_ramachandran(traj)
