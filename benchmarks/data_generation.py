@@ -124,7 +124,9 @@ def main(argv: List[str] | None = None) -> int:
     print(f"\nEnd to end per job of {Path(args.config).name} (build + sample + label), one CPU")
     print_table(jobs, ["case", "sampler", "share", "structures", "dropped", "atoms", "max_atoms", "cpu_seconds",
                        "structures_per_cpu_hour"])
-    meta = {**machine_info(), "omp_threads": 1, "config": args.config, "tasks_per_job": args.tasks_per_job,
+    config = Path(args.config).resolve()
+    shown = str(config.relative_to(REPO)) if config.is_relative_to(REPO) else config.name
+    meta = {**machine_info(), "omp_threads": 1, "config": shown, "tasks_per_job": args.tasks_per_job,
             "quick": args.quick, "load_average_start": load_start, "load_average_end": load_average(),
             "command": " ".join(["python", "benchmarks/data_generation.py", *(argv or sys.argv[1:])])}
     write_json(args.json, labels + jobs, meta)
