@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from transip_openmm.model import ModelConfig, TransIPModel
-from transip_openmm.neighbors import cell_widths, check_cell, format_decimal, minimum_image
+from transip_openmm.neighbors import check_cell, format_decimal, minimum_image
 from transip_openmm.units import EV_TO_KJ_PER_MOL, NM_TO_ANGSTROM
 
 
@@ -79,6 +79,11 @@ class OpenMMTransIP(nn.Module):
         self.n_particles: int = int(n_particles)
         self.check_finite: bool = True
         self.capacity_margin: float = 0.25
+        #: the model takes the box itself (else the ML region is made whole and seen as one cluster)
+        self.sees_periodic_images: bool = bool(model.supports_periodic)
+        #: with ``check_finite``: refuse a made-whole ML region wider than half the box (off under
+        #: openmm-torch, where raising this error crashes the process: see backends.make_torch_force)
+        self.check_region_width: bool = True
         self.length_scale: float = float(NM_TO_ANGSTROM)
         self.energy_scale: float = float(EV_TO_KJ_PER_MOL)
 
@@ -105,7 +110,11 @@ class OpenMMTransIP(nn.Module):
         if self.check_finite:
             if not bool(torch.isfinite(positions).all()):
                 raise ValueError("TransIP: particle positions contain NaN or infinity")
+        if self.check_finite and self.check_region_width and box is not None and not self.sees_periodic_images:
+            self.check_made_whole_width(positions, box)
         dtype = self.model.element_energies.dtype
+        if self.check_finite and box is not None and self.sees_periodic_images:
+            self._check_cell(box.to(dtype) * self.length_scale)
         # Gradient mode must be on (it is inside OpenMM; Python callers must not use no_grad).
         pos = positions.detach().to(dtype).requires_grad_(True)
         x, cell = self._model_geometry(pos, box)
@@ -113,14 +122,9 @@ class OpenMMTransIP(nn.Module):
         if static and self._capacity_unset():
             self._fit_capacity(x, cell)  # host reads: first call only, before any capture
         energy = self._energy(x, cell)
-        if self.check_finite:
-            if static and self.neighbor_overflow():
-                if cell is not None:
-                    self._check_cell(cell)  # an invalid box raises check_cell's message
-                self._fit_capacity(x, cell)  # denser than before: a larger capacity, evaluate again
-                energy = self._energy(x, cell)
-            if box is not None and cell is None:
-                self.check_made_whole_width(x / self.length_scale, box.to(dtype))
+        if self.check_finite and static and self.neighbor_overflow():
+            self._fit_capacity(x, cell)  # denser than before: a larger capacity, evaluate again
+            energy = self._energy(x, cell)
         reference = self.reference_energies[self.atomic_numbers].sum() * self.energy_scale
         grads = torch.autograd.grad([energy], [pos])
         grad = grads[0]
@@ -185,6 +189,7 @@ class OpenMMTransIP(nn.Module):
             self.model.fit_neighbor_capacity(x.detach(), cell, self.capacity_margin)
 
     def _check_cell(self, cell: Tensor) -> None:
+        """check_cell with the model's neighbour cutoff (host reads); the model's own check otherwise."""
         if hasattr(self.model, "neighbor_cutoff"):
             check_cell(cell, self.model.neighbor_cutoff)
 
@@ -215,16 +220,19 @@ class OpenMMTransIP(nn.Module):
         return torch.zeros_like(like)
 
     @torch.jit.export
-    def check_made_whole_width(self, x: Tensor, box: Tensor) -> None:
-        """Raise unless the made-whole ML region (n, 3) nm fits in half the smallest width of ``box``
-        (3, 3) nm: beyond that a model that does not see periodic images is discontinuous (an ML
-        atom's image flips when it crosses half a box from the first ML atom). Host reads."""
+    def check_made_whole_width(self, positions: Tensor, box: Tensor) -> None:
+        """Raise unless the ML region (n, 3) nm, made whole around its first atom, spans at most half
+        the smallest width of ``box`` (3, 3) nm (its extent across each pair of box faces): beyond
+        that a model that does not see periodic images is discontinuous (an ML atom's image flips
+        when it crosses half a box from the first ML atom). Host reads."""
         b = box.detach().to(torch.float64)
-        normals = torch.linalg.cross(torch.roll(b, -1, 0), torch.roll(b, -2, 0))  # b×c, c×a, a×b
-        unit = normals / torch.linalg.vector_norm(normals, dim=1, keepdim=True)
-        along = x.detach().to(torch.float64) @ unit.T  # (n, 3): positions across each pair of faces
+        x = positions.detach().to(torch.float64)
+        whole = minimum_image(x - x[0:1], b)
+        normals = torch.linalg.cross(torch.roll(b, -1, 0), torch.roll(b, -2, 0))  # b x c, c x a, a x b
+        norms = torch.linalg.vector_norm(normals, dim=1)
+        along = whole @ (normals / norms.unsqueeze(1)).T  # (n, 3): positions across each pair of faces
         span = float((along.max(dim=0).values - along.min(dim=0).values).max())
-        width = float(cell_widths(b).min())
+        width = float((torch.abs((b[0] * normals[0]).sum()) / norms).min())
         if span > 0.5 * width:
             raise ValueError(
                 "TransIP: the ML region spans " + format_decimal(span, 3) + " nm, more than half the smallest "

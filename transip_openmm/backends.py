@@ -74,6 +74,11 @@ def make_torch_force(module: torch.jit.ScriptModule, periodic: bool, use_cuda_gr
     """``openmmtorch.TorchForce`` around ``module`` with ``setOutputsForces(True)``."""
     import openmmtorch  # after torch (openmmtorch needs torch's libraries loaded)
 
+    if hasattr(module, "check_region_width"):
+        # Raising the too-wide-ML-region error inside TorchForce (openmm-torch 1.5, torch 2.9) crashes the
+        # process in TorchScript's error-callstack code (measured: segmentation fault); the python backend
+        # and direct calls keep the check.
+        module.check_region_width = False
     if use_cuda_graphs:
         module.check_finite = False  # a host sync is not allowed inside a captured graph
         if hasattr(module, "use_capture_safe"):
@@ -204,11 +209,13 @@ def check_capturable(module: torch.jit.ScriptModule, n_ml: int) -> None:
 
 
 def _script_error_message(exc: torch.jit.Error) -> str:
-    """The ``TransIP: ...`` line of an error raised inside a TorchScript module (else the last line)."""
+    """The message of an error raised inside a TorchScript module: the text after the last
+    ``...Error: `` line of its report (the lines before it quote the module's source)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for line in lines:
-        if "TransIP:" in line or "cutoff" in line:
-            return line.split("Error: ", 1)[-1] if line.startswith(("ValueError", "RuntimeError")) else line
+    for line in reversed(lines):
+        match = re.match(r"^(?:builtins\.)?(?:ValueError|RuntimeError): (.+)$", line)
+        if match:
+            return match.group(1)
     return lines[-1] if lines else repr(exc)
 
 

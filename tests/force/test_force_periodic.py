@@ -227,5 +227,13 @@ def test_made_whole_region_wider_than_half_the_box_is_refused(water_box, generic
             continue
         with pytest.raises(torch.jit.Error, match=r"spans .* more than half the smallest width.*'local' model"):
             module_energy_forces(module, pos, box)
+        box_vectors = [openmm.Vec3(*row) for row in box] * u.nanometer
+        system = bare_system(topology, box=box_vectors)  # through OpenMM's PythonForce: the same one line
+        system.addForce(TransIPForce(generic64, topology, atoms=atoms, backend="python", periodic=True))
+        with pytest.raises(openmm.OpenMMException, match="more than half the smallest width"):
+            energy_forces(system, pos)
+        system = bare_system(topology, box=box_vectors)  # openmm-torch: check off (raising there crashes)
+        system.addForce(TransIPForce(generic64, topology, atoms=atoms, backend="torch", periodic=True))
+        energy_forces(system, pos)
         module.check_finite = False  # the check is a host read: not made inside a CUDA graph
         module_energy_forces(module, pos, box)
