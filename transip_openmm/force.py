@@ -170,17 +170,17 @@ def box_widths_nm(box_nm: np.ndarray) -> np.ndarray:
 
 
 def ml_region_extent_nm(positions_nm: np.ndarray, box_nm: np.ndarray) -> float:
-    """Largest distance (nm) between two atoms of positions (n, 3) nm after making them whole
-    by the minimum image of each atom relative to the first (what the model sees)."""
+    """Largest extent (nm) of positions (n, 3) nm across a pair of opposite box faces, after
+    making them whole by the minimum image of each atom relative to the first (what the model
+    sees; the measure the exported model checks at run time). box_nm (3, 3), rows a, b, c."""
     from transip_openmm.neighbors import minimum_image
 
+    box = np.asarray(box_nm, dtype=np.float64)
     x = torch.as_tensor(np.asarray(positions_nm, dtype=np.float64))
-    whole = (x[0:1] + minimum_image(x - x[0:1], torch.as_tensor(np.asarray(box_nm, dtype=np.float64)))).numpy()
-    extent = 0.0
-    for start in range(0, len(whole), 1024):  # memory 1024 x n
-        d = np.linalg.norm(whole[start:start + 1024, None, :] - whole[None, :, :], axis=-1)
-        extent = max(extent, float(d.max()))
-    return extent
+    whole = minimum_image(x - x[0:1], torch.as_tensor(box)).numpy()
+    normals = np.cross(np.roll(box, -1, axis=0), np.roll(box, -2, axis=0))  # b x c, c x a, a x b
+    along = whole @ (normals / np.linalg.norm(normals, axis=1, keepdims=True)).T  # (n, 3)
+    return float((along.max(axis=0) - along.min(axis=0)).max())
 
 
 def check_periodic_ml_region(meta: Dict[str, Any], spec: SystemSpec, topology: Any, box_nm: Optional[np.ndarray],
@@ -210,8 +210,8 @@ def check_periodic_ml_region(meta: Dict[str, Any], spec: SystemSpec, topology: A
     if extent > half_width:
         raise SystemSpecError(
             f"{source} uses absolute positions and sees the ML region as one cluster, but the ML region "
-            f"({n_ml} atoms) spans {extent:.2f} nm, more than half the smallest box width ({half_width:.2f} nm), "
-            f"so it cannot be made whole in the box; {fix}")
+            f"({n_ml} atoms) spans {extent:.2f} nm across the box, more than half the smallest box width "
+            f"({half_width:.2f} nm), so it cannot be made whole in the box; {fix}")
 
 
 def TransIPForce(

@@ -196,14 +196,16 @@ def test_absolute_position_model_refuses_a_periodic_all_ml_box(generic32, tmp_pa
 
 
 def test_ml_region_wider_than_half_the_box_is_refused(generic32):
-    """ML/MM in a box: a region (here 8 waters, 0.7 nm across) must fit in half the smallest box
-    width for a cluster model: a 0.93 nm box is too small, a 3 nm box is not."""
+    """ML/MM in a box: a cluster model needs the made-whole ML region (here a layer of 9 waters,
+    0.74 nm across) to span at most half the smallest box width: a 0.93 nm box is too small,
+    a 3 nm box is not."""
     top, pos = _water_box(n_side=3)
-    two_by_two = [3 * w + k for w in (0, 1, 3, 4, 9, 10, 12, 13) for k in range(3)]
-    with pytest.raises(SystemSpecError, match=r"spans 0\.\d+ nm, more than half the smallest box width \(0\.46 nm\)"):
-        TransIPForce(generic32, top, atoms=two_by_two, positions=pos)
+    layer = list(range(27))  # the 9 waters of the first z layer
+    with pytest.raises(SystemSpecError, match=r"spans 0\.74 nm across the box, more than half the smallest box "
+                                              r"width \(0\.46 nm\)"):
+        TransIPForce(generic32, top, atoms=layer, positions=pos)
     top.setPeriodicBoxVectors(np.eye(3) * 3.0 * openmm.unit.nanometer)
-    TransIPForce(generic32, top, atoms=two_by_two, positions=pos)  # 0.7 nm < 1.5 nm: fine
+    TransIPForce(generic32, top, atoms=layer, positions=pos)  # 0.74 nm < 1.5 nm: fine
 
 
 def test_relative_position_local_model_accepts_a_periodic_all_ml_box():
