@@ -35,7 +35,8 @@
 # Knobs (environment): PYTHON (default python3), SITE, NO_MACE=1 (skip the MACE rows), DEVICE
 # (torch device, default cuda), PLATFORM (OpenMM platform, default: probed), TESTS_ARGS,
 # SCALING_ARGS, SCALING_DENSE_ARGS, MD_SPEED_ARGS, THROUGHPUT_ARGS (replace the default
-# arguments below, e.g. for a dry run on a CPU), SKIP (steps to skip, e.g. SKIP="tests scaling").
+# arguments below, e.g. for a dry run on a CPU), SKIP (steps to skip, e.g. SKIP="tests scaling"),
+# NO_WHEELS=1 (use this Python's packages, not .whl/: a dry run here, where the wheels do not fit).
 set -u
 cd "$(dirname "$0")/.."
 OUT="${1:-benchmarks/results/gpu}"
@@ -45,7 +46,7 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt" || true
 
 # 0) Packages carried as wheels (.whl/, from benchmarks/gpu_wheels.sh).
-if compgen -G ".whl/*.whl" >/dev/null; then
+if [ "${NO_WHEELS:-0}" != 1 ] && compgen -G ".whl/*.whl" >/dev/null; then
     SITE="${SITE:-/tmp/site}"
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
         || { echo "installing .whl/*.whl into $SITE failed" >&2; exit 1; }
