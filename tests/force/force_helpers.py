@@ -167,12 +167,13 @@ def omol25_molecule() -> Tuple[app.Topology, np.ndarray, Dict]:
     path = TEST_DATA / "omol25_mini.aselmdb"
     if not path.exists():
         pytest.skip(f"{path} not available")
-    import ase.db
     from transip_openmm.export.topology_io import topology_from_numbers
+    from transip_openmm.training.readers import read_dataset
 
     from transip_openmm.units import ANGSTROM_TO_NM
 
-    db = ase.db.connect(str(path), type="aselmdb", readonly=True)
-    row = max(db.select(), key=lambda r: r.natoms if r.natoms <= 40 else 0)
-    atoms = row.toatoms()
-    return topology_from_numbers(atoms.get_atomic_numbers()), atoms.get_positions() * ANGSTROM_TO_NM, dict(row.data)
+    # the project's reader: it shares the process's LMDB environments with the other tests
+    # (a second lmdb.open of the same file in one process is refused)
+    mol = max(read_dataset(path), key=lambda m: m.n_atoms if m.n_atoms <= 40 else 0)
+    data = {"charge": mol.charge, "spin": mol.multiplicity}
+    return topology_from_numbers(mol.numbers), mol.positions * ANGSTROM_TO_NM, data
