@@ -38,7 +38,7 @@ PathLike = Union[str, Path]
 
 SHARD_SUFFIX = ".aselmdb"
 #: Version of the cached index layout; a cache of another version is rebuilt.
-INDEX_VERSION = 2
+INDEX_VERSION = 3
 INDEX_DIR = ".transip-index"
 _DIGEST_BYTES = 1 << 20
 _CHARGE_SPIN_SUFFIX = re.compile(r"_(-?\d+)_(\d+)$")
@@ -180,7 +180,8 @@ class ShardIndex:
     record_ids (n,) int64 LMDB keys in read order; n_atoms (n,) int32; charge, multiplicity
     (n,) int16; family (n,) int32 codes into ``families``; level (n,) int16 codes into
     ``levels``; element_set (n,) int32 codes into ``element_masks`` (u, 2) uint64, the distinct
-    element sets as 128-bit masks (bit Z-1 set if element Z occurs).
+    element sets as 128-bit masks (bit Z-1 set if element Z occurs); formula (n,) int32 codes
+    into ``formulas`` (Hill formulas, what the molecule keys of the splits need).
     """
 
     path: Path
@@ -194,6 +195,8 @@ class ShardIndex:
     levels: List[str]
     element_set: np.ndarray
     element_masks: np.ndarray
+    formula: np.ndarray
+    formulas: List[str]
 
     def __len__(self) -> int:
         return int(self.record_ids.shape[0])
@@ -221,6 +224,22 @@ def mask_elements(mask: np.ndarray) -> List[int]:
     lo, hi = (int(w) for w in np.bitwise_or.reduce(mask.reshape(-1, 2), axis=0))
     bits = [(lo >> (z - 1)) & 1 if z <= 64 else (hi >> (z - 65)) & 1 for z in range(1, MAX_ATOMIC_NUMBER + 1)]
     return [z for z, bit in zip(range(1, MAX_ATOMIC_NUMBER + 1), bits) if bit]
+
+
+def hill_formula(numbers: np.ndarray) -> str:
+    """Hill formula of atomic numbers (the splits' :func:`~transip_openmm.training.splits.formula`)."""
+    from transip_openmm.training.splits import formula
+
+    return formula(numbers)
+
+
+def formula_numbers(hill: str) -> np.ndarray:
+    """Atomic numbers (one per atom, Hill order) of a formula such as ``C2H6O``."""
+    from ase.data import atomic_numbers
+    from ase.formula import Formula
+
+    return np.array([atomic_numbers[sym] for sym, n in Formula(hill).count().items() for _ in range(n)],
+                    dtype=np.int64)
 
 
 def _fingerprint(path: Path) -> Dict[str, int]:
@@ -283,6 +302,8 @@ def build_index(shard: Path) -> ShardIndex:
     family = np.zeros(n, np.int32)
     level = np.zeros(n, np.int16)
     element_set = np.zeros(n, np.int32)
+    formula = np.zeros(n, np.int32)
+    formula_codes: Dict[str, int] = {}
     fam_codes: Dict[str, int] = {}
     lot_codes: Dict[str, int] = {}
     set_codes: Dict[Tuple[int, int], int] = {}
@@ -293,10 +314,11 @@ def build_index(shard: Path) -> ShardIndex:
         family[i] = fam_codes.setdefault(mol.family, len(fam_codes))
         level[i] = lot_codes.setdefault(mol.level_of_theory, len(lot_codes))
         element_set[i] = set_codes.setdefault(element_mask(mol.numbers), len(set_codes))
+        formula[i] = formula_codes.setdefault(hill_formula(mol.numbers), len(formula_codes))
     logger.info("indexed %d records of %s", n, shard)
     masks = np.array(list(set_codes), dtype=np.uint64).reshape(-1, 2)
     return ShardIndex(shard, ids, n_atoms, charge, mult, family, list(fam_codes), level, list(lot_codes),
-                      element_set, masks)
+                      element_set, masks, formula, list(formula_codes))
 
 
 def _save_index(index: ShardIndex, target: Path, fingerprint: Dict[str, int], digest: str) -> None:
@@ -307,7 +329,8 @@ def _save_index(index: ShardIndex, target: Path, fingerprint: Dict[str, int], di
              record_ids=index.record_ids, n_atoms=index.n_atoms, charge=index.charge,
              multiplicity=index.multiplicity, family=index.family, families=np.array(index.families, dtype=str),
              level=index.level, levels=np.array(index.levels, dtype=str), element_set=index.element_set,
-             element_masks=index.element_masks)
+             element_masks=index.element_masks, formula=index.formula,
+             formulas=np.array(index.formulas, dtype=str))
     os.replace(tmp, target)
 
 
@@ -320,7 +343,7 @@ def _load_cached(shard: Path, cached: Path, fingerprint: Dict[str, int]) -> Opti
                 return None
             return ShardIndex(shard, z["record_ids"], z["n_atoms"], z["charge"], z["multiplicity"], z["family"],
                               [str(s) for s in z["families"]], z["level"], [str(s) for s in z["levels"]],
-                              z["element_set"], z["element_masks"])
+                              z["element_set"], z["element_masks"], z["formula"], [str(f) for f in z["formulas"]])
     except (OSError, KeyError, ValueError) as exc:
         logger.warning("ignoring unreadable index cache %s (%s)", cached, exc)
         return None
@@ -414,6 +437,23 @@ class ShardedDataset:
         for k, ix in enumerate(self.indexes):
             for j in np.flatnonzero(self.rows[:, 0] == k).tolist():
                 out[j] = ix.families[codes[j]]
+        return out
+
+    def molecule_keys(self) -> List[str]:
+        """:func:`~transip_openmm.training.splits.molecule_key` of every record, from the index
+        (family and formula; no record decoded): what the splits of big data sets use."""
+        from transip_openmm.training.splits import molecule_key
+
+        out: List[str] = [""] * len(self)
+        for k, ix in enumerate(self.indexes):
+            where = np.flatnonzero(self.rows[:, 0] == k)
+            pos = self.rows[where, 1]
+            pairs = np.stack([ix.family[pos], ix.formula[pos]], 1)
+            unique, inverse = np.unique(pairs, axis=0, return_inverse=True)
+            keys = [molecule_key(Molecule(formula_numbers(ix.formulas[f]), None, 0.0, None, family=ix.families[fam]))
+                    for fam, f in unique.tolist()]
+            for j, u in zip(where.tolist(), inverse.reshape(-1).tolist()):
+                out[j] = keys[u]
         return out
 
     @property

@@ -83,7 +83,7 @@ def molecule_split(dataset: MoleculeDataset, val_fraction: float, test_fraction:
     """
     _check_fraction("val_fraction", val_fraction)
     _check_fraction("test_fraction", test_fraction)
-    keys = [molecule_key(m) for m in dataset]
+    keys = dataset.molecule_keys() if hasattr(dataset, "molecule_keys") else [molecule_key(m) for m in dataset]
     unique = sorted(set(keys))
     wanted = 1 + (val_fraction > 0) + (test_fraction > 0)
     if len(unique) < wanted:

@@ -96,3 +96,17 @@ def test_environments_are_recycled_without_changing_records(tmp_path, monkeypatc
         _same(data[11], first[11])  # random reads between the long read's records
     for i in (11, 0, 5, 7, 3, 11):
         _same(data[i], first[i])
+
+
+def test_molecule_keys_from_the_index_equal_the_splits_keys(tmp_path):
+    """The splits of a lazy dataset need no record decoded, and equal those of the records."""
+    from transip_openmm.training.splits import molecule_key, molecule_split
+
+    folder = write_shards(tmp_path / "data", n_shards=2, per_shard=9)
+    shutil.copy(TEST_DATA / "omol25_mini.aselmdb", folder / "zz_omol25_mini.aselmdb")
+    lazy = ShardedDataset(folder)
+    memory = read_datasets(find_shards(folder))
+    assert lazy.molecule_keys() == [molecule_key(m) for m in memory]
+    assert lazy.subset([20, 2]).molecule_keys() == [molecule_key(memory[20]), molecule_key(memory[2])]
+    a, b = molecule_split(lazy, 0.3, 0.2, seed=1), molecule_split(memory, 0.3, 0.2, seed=1)
+    assert (a.train, a.val, a.test) == (b.train, b.val, b.test)
