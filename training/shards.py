@@ -6,8 +6,8 @@ record is a zlib-compressed JSON row with ``numbers``, ``positions`` (Å), ``ene
 ``forces`` (eV/Å) and ``data`` holding ``charge``, ``spin`` (the multiplicity), ``source``
 (the family key is derived from it) and, in generated shards, ``level_of_theory``.
 
-The index of a shard (record id, atom count, family, charge, multiplicity, level of theory
-and the set of elements of every record; 26 bytes a record) is built by one pass over the
+The index of a shard (record id, atom count, family, charge, multiplicity, level of theory,
+the set of elements and the formula of every record; 30 bytes a record) is built by one pass over the
 shard and cached beside it in ``.transip-index/<shard>.npz``; a cache whose shard changed
 (size and mtime, or, when only the mtime differs, a digest of the first and last MiB) is
 rebuilt. Where the data directory is read-only the cache goes to the user cache directory
@@ -390,7 +390,7 @@ def load_indexes(shards: Sequence[Path], workers: int = 0) -> List[ShardIndex]:
 class ShardedDataset:
     """Records of ``.aselmdb`` shards, decoded on demand (the :class:`LabelledDataset` interface).
 
-    Held in memory: each shard's index (26 bytes a record) and the selected rows
+    Held in memory: each shard's index (30 bytes a record) and the selected rows
     ``rows`` (k, 2) int32 (shard number, position in the shard) with a ``has_energy`` (k,)
     bool flag; nothing else. ``subset`` and ``with_energies`` return views on the same shards.
     """
