@@ -307,23 +307,24 @@ class TransIP(SymmetryMode):
 
 #: Named TransIP variants: preset settings (any can be overridden by the config's keys).
 TRANSIP_PRESETS: Dict[str, Dict[str, Any]] = {
-    # the best of the ablation (benchmarks/README.md, "TransIP objective ablation")
-    "transip": {},
+    # the best of the ablation (benchmarks/README.md, "TransIP objective"): supervised on R·x,
+    # group T_ψ, equivalent atoms never negatives, MSE alignment, λ 1, energy consistency
+    "transip": {"consistency_weight": 1.0},
+    # the same without the energy-consistency term
+    "transip_group": {},
     # the first objective: supervised on x only, T_ψ without group structure, every atom a
     # negative, cosine alignment, λ 0.1 (old configs set equiv_weight themselves)
     "transip_legacy": {"supervise_rotated": False, "transform": "legacy", "negatives": "all", "align": "cosine",
                        "equiv_weight": 0.1},
     # + the supervised loss on R·x, otherwise the first objective
     "transip_aug_legacy": {"transform": "legacy", "negatives": "all", "align": "cosine", "equiv_weight": 0.1},
-    # supervised on R·x, T_ψ an MLP with T(h, I) = h, equivalent atoms never negatives, MSE alignment
+    # transip_group with T_ψ an MLP with T(h, I) = h instead of the group T_ψ
     "transip_mlp": {"transform": "mlp"},
-    # the group T_ψ with every atom of the batch a negative (to isolate the negatives' effect)
+    # transip_group with every atom of the batch a negative (to isolate the negatives' effect)
     "transip_all_negatives": {"negatives": "all"},
-    # the group T_ψ with per-molecule negatives (atoms of other molecules only)
+    # transip_group with per-molecule negatives (atoms of other molecules only)
     "transip_molecule_negatives": {"negatives": "other_molecules"},
-    # + energy consistency E(Rx) ≈ E(x)
-    "transip_consistency": {"consistency_weight": 1.0},
-    # on the input tokens and the last block
+    # transip_group on the input tokens and the last block
     "transip_layers": {"layers": (0, -1)},
 }
 
