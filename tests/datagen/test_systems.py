@@ -104,7 +104,9 @@ def test_omol25_seeds_leave_out_held_out_molecules(tmp_path):
 
     from datagen_helpers import DATA
 
-    path = str(DATA / "omol25_mini.aselmdb")
+    import shutil
+
+    path = shutil.copy(DATA / "omol25_mini.aselmdb", tmp_path)  # a copy: the training reader leaves its LMDB open
     everything = omol25_seeds((path,), 0.0, 0.0, 0)
     training = omol25_seeds((path,), 0.2, 0.2, 0)
     assert len(everything) == 8 and 0 < len(training) < 8
