@@ -118,8 +118,7 @@ def _env_for(path: Path, random_read: bool = False):
     if random_read:
         _READS[0] += 1
         if _READS[0] > RECYCLE_READS:
-            for name in [k for k in _ENVS if k not in _PINNED]:
-                _ENVS.pop(name).close()
+            close_shards()
             _READS[0] = 1
     key = str(Path(path).resolve())
     env = _ENVS.get(key)
@@ -279,6 +278,7 @@ def index_locations(shard: Path) -> List[Path]:
 def iter_shard(shard: Path) -> Iterator[Molecule]:
     """Every record of a shard in read order, decoded and validated (one pass, one transaction)."""
     key = str(Path(shard).resolve())
+    opened_here = key not in _ENVS or _ENVS_PID[0] != os.getpid()
     _PINNED.add(key)
     try:
         with _env_for(shard).begin() as txn:
@@ -288,6 +288,16 @@ def iter_shard(shard: Path) -> Iterator[Molecule]:
                 yield mol
     finally:
         _PINNED.discard(key)
+        if opened_here:  # a whole-file read leaves no environment open (ase.db.connect may follow)
+            _close_env(shard)
+
+
+def close_shards() -> None:
+    """Close every shard environment this process holds (a lazy dataset reopens on its next
+    read); LMDB refuses a second open of a file in one process, e.g. ``ase.db.connect``."""
+    if _ENVS_PID[0] == os.getpid():
+        for name in [k for k in _ENVS if k not in _PINNED]:
+            _ENVS.pop(name).close()
 
 
 def build_index(shard: Path) -> ShardIndex:

@@ -110,3 +110,22 @@ def test_molecule_keys_from_the_index_equal_the_splits_keys(tmp_path):
     assert lazy.subset([20, 2]).molecule_keys() == [molecule_key(memory[20]), molecule_key(memory[2])]
     a, b = molecule_split(lazy, 0.3, 0.2, seed=1), molecule_split(memory, 0.3, 0.2, seed=1)
     assert (a.train, a.val, a.test) == (b.train, b.val, b.test)
+
+
+def test_reading_a_shard_leaves_it_free_for_ase(tmp_path):
+    """After the in-memory reader, or close_shards() after lazy reads, ase.db.connect opens the file."""
+    from ase.db import connect
+
+    folder = write_shards(tmp_path / "data", n_shards=1, per_shard=3)
+    shard = folder / "shard000.aselmdb"
+    assert len(read_dataset(shard)) == 3
+    db = connect(str(shard), type="aselmdb", readonly=True)
+    assert len(db) == 3
+    db.close()
+    data = ShardedDataset(folder)
+    data[1]
+    shards_mod.close_shards()
+    db = connect(str(shard), type="aselmdb", readonly=True)
+    positions = db.get(id=2).toatoms().positions.tolist()
+    db.close()
+    assert positions == data[1].positions.tolist()
