@@ -1,4 +1,4 @@
-"""Test error vs training-set size for the symmetry modes, at a matched wall-clock budget.
+"""Test error vs training-set size for the symmetry modes, at a matched compute budget (CPU seconds).
 
     python benchmarks/scaling_data.py --modes none augment transip --sizes 150,300,all \\
         --seeds 0,1,2 --budget-s 60 --json benchmarks/results/scaling_data.json \\

@@ -44,7 +44,7 @@ import yaml
 from openmm import app, unit
 from transip_openmm.simulations.protocol import IntegratorSpec, Protocol, StageSpec
 from transip_openmm.simulations.systems import BuiltSystem, build_system
-from transip_openmm.atomic_io import atomic_binary_file, atomic_write_text
+from transip_openmm.atomic_io import atomic_binary_file, atomic_write_text, remove_stale_temporaries
 from transip_openmm.errors import TransIPError
 
 logger = logging.getLogger(__name__)
@@ -303,6 +303,7 @@ class Runner:
         identity = run_identity(p, self.built.topology.getNumAtoms())
         if self.resume:  # before any file in the run directory is touched
             check_resume_identity(self.out, stored, identity)
+            remove_stale_temporaries(self.out)  # left by a write the killed run did not finish
         self._prepare_directory(identity)
         self.platform = choose_platform(self.platform_name)
         self.properties = platform_properties(self.platform, p.precision)

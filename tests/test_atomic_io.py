@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from transip_openmm.artifacts import load_checkpoint, save_checkpoint
-from transip_openmm.atomic_io import atomic_binary_file, atomic_write_text
+from transip_openmm.atomic_io import remove_stale_temporaries, atomic_binary_file, atomic_write_text
 from transip_openmm.model import ModelConfig, TransIPModel
 
 
@@ -70,6 +70,8 @@ def test_killed_writer_leaves_the_old_file(tmp_path):
     writer.wait()
     writer.stdout.close()
     assert path.read_bytes() == b"old"
+    assert remove_stale_temporaries(tmp_path) == 1  # what a resume does before writing again
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
 
 
 def test_completed_write_replaces_the_file(tmp_path):

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
+from transip_openmm.atomic_io import remove_stale_temporaries
 from transip_openmm.training.batching import Batch, MaxAtomsBatchSampler, make_loader
 from transip_openmm.training.checkpoint import DataPosition, TrainingCheckpoint, with_references, without_references
 from transip_openmm.training.config import ConfigError, TrainConfig, config_from_dict, save_config
@@ -212,6 +213,8 @@ class Trainer:
         self.data = prepare_data(cfg)
         if self.is_main:  # only once the data are read and valid: a bad input leaves no folder
             self.output.mkdir(parents=True, exist_ok=True)
+            if resume:
+                remove_stale_temporaries(self.output)  # left by a checkpoint write the killed run did not finish
         self.resumed: Optional[TrainingCheckpoint] = TrainingCheckpoint.load(self.output / "last.ckpt") \
             if resume else None
         stats = self._statistics()

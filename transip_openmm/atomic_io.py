@@ -42,6 +42,20 @@ def atomic_write_text(path: PathLike, text: str) -> None:
         f.write(text.encode("utf-8"))
 
 
+def remove_stale_temporaries(directory: PathLike) -> int:
+    """Delete the ``.<name>.*.tmp`` files a killed atomic write left in ``directory``; returns how many.
+
+    Call it only where this process owns every atomic write into ``directory`` (a run folder
+    at start-up): a concurrent writer's temporary file would be taken from under it.
+    """
+    removed = 0
+    for tmp in Path(directory).glob(".*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed += 1
+    return removed
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

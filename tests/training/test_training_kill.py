@@ -73,3 +73,4 @@ def test_kill_during_checkpoint_writes_then_resume(tmp_path):
     with open(out / "log.csv", newline="") as f:
         steps = [int(row["step"]) for row in csv.DictReader(f)]
     assert steps == list(range(1, MAX_STEPS + 1))  # every step once, in order
+    assert not list(out.glob(".*.tmp"))  # the resume removed what the killed writes left
