@@ -68,8 +68,8 @@ def _record(rng: np.random.Generator, index: int) -> Dict[str, Any]:
         "numbers": numbers, "positions": positions, "unique_id": f"{index:032x}", "calculator": "unknown",
         "calculator_parameters": {}, "energy": energy, "forces": np.round(rng.normal(0.0, 0.5, (n, 3)), 4),
         "cell": np.zeros((3, 3)), "pbc": np.zeros(3, bool), "ctime": 0.0, "user": None, "mtime": 0.0,
-        "data": {"charge": 0, "spin": 1 + int(numbers.sum()) % 2, "source": f"synthetic/mol{index // 5:07d}_0_1/orca.tar.zst",
-                 "level_of_theory": "synthetic"},
+        "data": {"charge": 0, "spin": 1 + int(numbers.sum()) % 2,
+                 "source": f"synthetic/mol{index // 5:07d}_0_1/orca.tar.zst", "level_of_theory": "synthetic"},
     }
 
 

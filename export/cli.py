@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                         help="precision of the exported model (default float32)")
     parser.add_argument("--no-ema", action="store_true", help="export the raw weights, not the EMA weights")
+    parser.add_argument("--level", default=None,
+                        help="level of theory whose energy head a multi-level model exports "
+                             "(default: the model's default, the level of its data.train)")
     parser.add_argument("--frame-average", action="store_true",
                         help="average over the 24 octahedral rotations: energy exactly invariant to "
                              "them, closer to invariant for any rotation; 24 evaluations per step")
@@ -43,6 +46,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--atoms, --charge and --multiplicity are baked only with --topology; "
                          "for a generic file pass them to TransIPForce instead")
     checkpoint = load_checkpoint(args.checkpoint)  # checked before anything is written
+    levels = list(checkpoint["model_config"].get("energy_levels") or [])
+    if args.level is not None and args.level not in levels:
+        raise UsageError(f"--level {args.level!r}: {args.checkpoint} has energy heads for "
+                         f"{', '.join(repr(x) for x in levels) or 'one unnamed level'}")
     spec = None
     if args.topology:
         from transip_openmm.export.topology_io import load_structure
@@ -52,8 +59,9 @@ def run(args: argparse.Namespace) -> int:
                           supported_elements=checkpoint["elements"], source=args.checkpoint)
     model = model_from_checkpoint(checkpoint, use_ema=not args.no_ema)
     meta = export_model(model, checkpoint, args.output, spec, args.dtype, source=Path(args.checkpoint).name,
-                        frame_average=args.frame_average)
-    summary = {k: meta[k] for k in ("format", "format_version", "elements", "baked", "dtype", "code_version")}
+                        frame_average=args.frame_average, level=args.level)
+    summary = {k: meta[k] for k in ("format", "format_version", "elements", "baked", "dtype", "level_of_theory",
+                                    "code_version")}
     if spec is not None:
         summary["n_particles"] = spec.n_particles
         summary["n_ml_atoms"] = len(spec.ml_indices)

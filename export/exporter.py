@@ -26,7 +26,7 @@ from transip_openmm.artifacts import (
     model_from_checkpoint,
 )
 from transip_openmm.atomic_io import atomic_binary_file
-from transip_openmm.model import TransIPModel
+from transip_openmm.model import TransIPModel, select_level
 from transip_openmm.system_spec import SystemSpec
 
 logger = logging.getLogger(__name__)
@@ -142,14 +142,21 @@ def export_model(
     dtype: str = "float32",
     source: str = "",
     frame_average: bool = False,
+    level: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Script ``model`` (with ``spec`` baked in, or generic) and write it to ``output``.
 
     ``checkpoint`` supplies ``elements``, ``model_config`` and the training metadata.
+    ``level``: the level of theory whose energy head (and element references) a multi-level
+    model exports (None: its default, the first); ``model`` is not changed.
     Returns the metadata written.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    trained_levels = list(model.energy_levels)
+    if model.n_levels > 1 or level is not None:
+        model = select_level(model, level)
+        checkpoint = dict(checkpoint, model_config=dict(model.config_dict))
     if spec is not None:
         from transip_openmm.artifacts import check_elements_supported
 
@@ -157,6 +164,8 @@ def export_model(
     wrapper = build_wrapper(model, spec, dtype, frame_average)
     scripted = torch.jit.script(wrapper)
     meta = build_metadata(checkpoint, spec, dtype, source, frame_average)
+    meta["level_of_theory"] = model.energy_levels[0] if model.energy_levels else None
+    meta["energy_levels_trained"] = trained_levels
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_binary_file(output) as f:  # a killed export leaves no partial model file
@@ -172,9 +181,10 @@ def export_checkpoint(
     dtype: str = "float32",
     use_ema: bool = True,
     frame_average: bool = False,
+    level: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Read a training checkpoint and export it (see :func:`export_model`)."""
     checkpoint = load_checkpoint(checkpoint_path)
     model = model_from_checkpoint(checkpoint, use_ema=use_ema)
     return export_model(model, checkpoint, output, spec, dtype, source=Path(checkpoint_path).name,
-                        frame_average=frame_average)
+                        frame_average=frame_average, level=level)

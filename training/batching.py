@@ -4,7 +4,7 @@ and the DataLoader whose workers decode and collate."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -19,7 +19,8 @@ class Batch:
     numbers (B, N) int64; positions (B, N, 3) Å; mask (B, N) bool; charge (B,) int64;
     multiplicity (B,) int64; energy (B,) eV; forces (B, N, 3) eV/Å (0 on padding);
     n_atoms (B,) int64; has_energy (B,) bool (False: force-only record, energy unused);
-    indices (B,) int64: the structures' indices in their dataset.
+    indices (B,) int64: the structures' indices in their dataset; level (B,) int64: the energy
+    head (level of theory) of each structure, 0 for a single-level model.
     """
 
     numbers: Tensor
@@ -32,6 +33,7 @@ class Batch:
     n_atoms: Tensor
     has_energy: Tensor
     indices: Optional[Tensor] = None
+    level: Optional[Tensor] = None
 
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> "Batch":
         return Batch(
@@ -45,6 +47,7 @@ class Batch:
             n_atoms=self.n_atoms.to(device),
             has_energy=self.has_energy.to(device),
             indices=self.indices,
+            level=None if self.level is None else self.level.to(device),
         )
 
     def pin_memory(self) -> "Batch":
@@ -57,8 +60,12 @@ class Batch:
         return int(self.numbers.shape[0])
 
 
-def collate_arrays(dataset: LabelledDataset, indices: Sequence[int]) -> Dict[str, np.ndarray]:
+def collate_arrays(dataset: LabelledDataset, indices: Sequence[int],
+                   levels: Optional[Mapping[str, int]] = None) -> Dict[str, np.ndarray]:
     """The :class:`Batch` of the structures ``indices`` as numpy arrays (the fields of Batch).
+
+    ``levels`` maps a record's ``level_of_theory`` to its energy head (None: every record 0);
+    a level it does not hold is a :class:`DataError`.
 
     DataLoader workers return these: numpy arrays travel through the worker pipe as bytes,
     where tensors would each need a shared-memory segment (measured here: 3x slower loading
@@ -85,7 +92,21 @@ def collate_arrays(dataset: LabelledDataset, indices: Sequence[int]) -> Dict[str
         "n_atoms": np.array([m.n_atoms for m in mols], np.int64),
         "has_energy": np.array([bool(m.has_energy) for m in mols], bool),
         "indices": np.array([int(i) for i in indices], np.int64),
+        "level": _level_codes(mols, levels),
     }
+
+
+def _level_codes(mols: Sequence, levels: Optional[Mapping[str, int]]) -> np.ndarray:
+    if levels is None:
+        return np.zeros(len(mols), np.int64)
+    codes = np.empty(len(mols), np.int64)
+    for k, m in enumerate(mols):
+        code = levels.get(m.level_of_theory)
+        if code is None:
+            raise DataError(f"{m.where()}: level of theory {m.level_of_theory!r} has no energy head in this model "
+                            f"(heads: {', '.join(repr(x) for x in levels)})")
+        codes[k] = code
+    return codes
 
 
 def batch_from_arrays(arrays: Dict[str, np.ndarray]) -> Batch:
@@ -93,9 +114,10 @@ def batch_from_arrays(arrays: Dict[str, np.ndarray]) -> Batch:
     return Batch(**{k: torch.from_numpy(v) for k, v in arrays.items()})
 
 
-def collate(dataset: LabelledDataset, indices: Sequence[int]) -> Batch:
-    """Pad the structures ``indices`` of ``dataset`` into one :class:`Batch` (float64 on CPU)."""
-    return batch_from_arrays(collate_arrays(dataset, indices))
+def collate(dataset: LabelledDataset, indices: Sequence[int], levels: Optional[Mapping[str, int]] = None) -> Batch:
+    """Pad the structures ``indices`` of ``dataset`` into one :class:`Batch` (float64 on CPU);
+    ``levels``: see :func:`collate_arrays`."""
+    return batch_from_arrays(collate_arrays(dataset, indices, levels))
 
 
 @dataclass
@@ -228,14 +250,15 @@ class CollatedBatches(torch.utils.data.Dataset):
     """Map-style dataset whose item ``indices`` (a batch of the sampler) is that batch's
     :func:`collate_arrays`: a DataLoader worker decodes and pads a whole batch."""
 
-    def __init__(self, dataset: LabelledDataset) -> None:
+    def __init__(self, dataset: LabelledDataset, levels: Optional[Mapping[str, int]] = None) -> None:
         self.dataset = dataset
+        self.levels = None if levels is None else dict(levels)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, indices: List[int]) -> Dict[str, np.ndarray]:
-        return collate_arrays(self.dataset, indices)
+        return collate_arrays(self.dataset, indices, self.levels)
 
 
 def _keep(item: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -260,7 +283,8 @@ class BatchLoader:
 
 
 def make_loader(dataset: LabelledDataset, sampler: MaxAtomsBatchSampler, num_workers: int = 0,
-                prefetch_factor: int = 2, pin_memory: bool = False) -> BatchLoader:
+                prefetch_factor: int = 2, pin_memory: bool = False,
+                levels: Optional[Mapping[str, int]] = None) -> BatchLoader:
     """Batches in ``sampler`` order; ``num_workers`` processes decode and collate (0: the main
     process). Workers persist across epochs; set the epoch and start position on ``sampler``
     before each ``iter(loader)``. The loader draws its worker seeds from its own generator:
@@ -268,7 +292,7 @@ def make_loader(dataset: LabelledDataset, sampler: MaxAtomsBatchSampler, num_wor
     resumed, initialises and trains identically."""
     workers = int(num_workers)
     loader = torch.utils.data.DataLoader(
-        CollatedBatches(dataset), sampler=sampler, batch_size=None, collate_fn=_keep,
+        CollatedBatches(dataset, levels), sampler=sampler, batch_size=None, collate_fn=_keep,
         num_workers=workers, persistent_workers=workers > 0,
         prefetch_factor=int(prefetch_factor) if workers > 0 else None,
         generator=torch.Generator().manual_seed(0),  # worker seeds; leaves the global RNG alone

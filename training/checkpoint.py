@@ -43,8 +43,9 @@ class TrainingCheckpoint:
     """Everything a run needs to continue exactly, plus what evaluation and export read.
 
     Model states hold the references (absolute energies); ``element_energies`` is the
-    float64 original. Statistics: ``energy_scale`` eV, ``energy_norm`` eV/atom,
-    ``force_rms`` eV/Å.
+    float64 original, (N_Z,) or (n_levels, N_Z) for a multi-level model.
+    ``training_charge_multiplicity``: the distinct [charge, multiplicity] of the training data.
+    Statistics: ``energy_scale`` eV, ``energy_norm`` eV/atom, ``force_rms`` eV/Å.
     """
 
     model_config: Dict[str, Any]
@@ -64,6 +65,7 @@ class TrainingCheckpoint:
     energy_scale: float = 1.0
     energy_norm: float = 0.0
     force_rms: float = 0.0
+    training_charge_multiplicity: Optional[List[List[int]]] = None
     val_metrics: Dict[str, float] = field(default_factory=dict)
     best_value: float = math.inf
     throughput: Dict[str, float] = field(default_factory=dict)

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 def check_run_inputs(cfg: TrainConfig, output: Path, resume: bool, stop_after: Optional[int]) -> None:
     """Refuse, before anything is written, what would fail later: missing data files, an
     output folder that holds another run (or no run to resume), an absent CUDA device."""
-    for section in ("train", "val", "force_only"):
+    for section in ("train", "val", "extra_train", "force_only"):
         for name in getattr(cfg.data, section):
             path = cfg.resolve(name)
             if not (path.exists() or any(path.parent.glob(path.name))):  # a file, a folder or a glob

@@ -47,8 +47,13 @@ class DataConfig:
     files at *other* levels of theory: their forces train the model, their energies are
     never used (energies of different levels cannot share one set of element references);
     they take no part in the split, the reference fit or validation.
+    ``extra_train``: training files added after the split (never in validation or test), at
+    any stated level of theory: each level other than ``train``'s gets its own element
+    references and energy head on the shared trunk (multi-fidelity; forces of every level
+    train the trunk); ``level_of_theory``: the level of records that state none (the OMol25
+    files: ``wB97M-V/def2-TZVPD``). The level of ``train`` is the default head (export).
 
-    Paths in ``train``, ``val`` and ``force_only`` may be files, directories or glob patterns
+    Paths in ``train``, ``val``, ``extra_train`` and ``force_only`` may be files, directories or glob patterns
     of ``.aselmdb`` shards. ``lazy``: open ``.aselmdb`` data as a lazy sharded dataset (an
     index in memory, records decoded on demand by the loader's workers; the index is cached
     beside the shards) instead of reading every record into memory; default (null): lazy
@@ -61,6 +66,8 @@ class DataConfig:
     train: List[str] = field(default_factory=list)
     val: List[str] = field(default_factory=list)
     force_only: List[str] = field(default_factory=list)
+    extra_train: List[str] = field(default_factory=list)
+    level_of_theory: str = ""
     root: str = "."
     test: List[str] = field(default_factory=list)
     val_fraction: float = 0.1

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, List, Optional, Protocol, Sequence, runtime_checkable
+from typing import Iterable, Iterator, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 import numpy as np
 
@@ -264,3 +264,24 @@ def concatenate(parts: Sequence[LabelledDataset]) -> LabelledDataset:
     if len(parts) == 1:
         return parts[0]
     return ConcatDataset(parts)
+
+
+def levels_of_theory(dataset: LabelledDataset) -> List[str]:
+    """Distinct levels of theory of the records ("" where a record states none); from the
+    shard index where the dataset has one, else by reading the records."""
+    if isinstance(dataset, ConcatDataset):
+        return sorted(set().union(*(levels_of_theory(p) for p in dataset.parts)))
+    levels = getattr(dataset, "levels_of_theory", None)
+    if levels is not None:
+        return sorted(levels)
+    return sorted({m.level_of_theory for m in dataset})
+
+
+def charge_multiplicity_pairs(dataset: LabelledDataset) -> List[Tuple[int, int]]:
+    """Distinct (total charge e, multiplicity 2S+1) of the records, sorted."""
+    if isinstance(dataset, ConcatDataset):
+        return sorted(set().union(*(charge_multiplicity_pairs(p) for p in dataset.parts)))
+    pairs = getattr(dataset, "charge_multiplicity_pairs", None)
+    if pairs is not None:
+        return sorted(pairs)
+    return sorted({(int(m.charge), int(m.multiplicity)) for m in dataset})

@@ -26,7 +26,9 @@ class ModelPredictor:
     """Energies and forces of a :class:`TransIPModel` on padded batches.
 
     ``refs`` (float64, eV per element), when given, is added in float64 (the trainer's
-    model carries zero references while training); ``dtype`` is the compute dtype.
+    model carries zero references while training); ``dtype`` is the compute dtype. A
+    multi-level model predicts with the energy head of each batch's ``level`` (collated
+    without levels: head 0, the default level of theory).
     """
 
     def __init__(self, model: TransIPModel, refs: Optional[Tensor] = None, device: str = "cpu",
@@ -39,7 +41,8 @@ class ModelPredictor:
     def __call__(self, batch: Batch) -> Tuple[np.ndarray, np.ndarray]:
         b = batch.to(self.device, self.dtype)
         positions = b.positions.detach().requires_grad_(True)
-        energy, _ = self.model(b.numbers, positions, b.mask, b.charge, b.multiplicity)
+        energy, _ = self.model(b.numbers, positions, b.mask, b.charge, b.multiplicity, None,
+                               b.level if self.model.n_levels > 1 else None)
         forces = compute_forces(energy, positions, training=False)
         e = energy.detach().cpu().to(torch.float64)
         if self.refs is not None:

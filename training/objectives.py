@@ -17,6 +17,7 @@ from transip_openmm.training.symmetry_modes import (  # noqa: F401  (re-exported
     SYMMETRY_MODES,
     SymmetryMode,
     build_mode,
+    energy_level,
     equivariance_loss,
     rotate,
 )
@@ -36,6 +37,15 @@ def random_rotations(n: int, generator: Optional[torch.Generator] = None,
         2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
     ], dim=1).view(n, 3, 3)
     return rot.to(dtype)
+
+
+def reference_sum(refs: Tensor, batch: Batch) -> Tensor:
+    """Σ_i ref[Z_i] of each structure (B,) float64 eV: ``refs`` (N_Z,), or (n_levels, N_Z) with the
+    batch's ``level`` choosing the row (padding atoms have Z = 0, whose reference is 0)."""
+    if refs.dim() == 1:
+        return refs[batch.numbers].sum(dim=1)
+    level = batch.level if batch.level is not None else torch.zeros_like(batch.n_atoms)
+    return refs[level.unsqueeze(1), batch.numbers].sum(dim=1)
 
 
 @dataclass
@@ -61,9 +71,10 @@ class TrainingModule(nn.Module):
 
     Loss: the :class:`SupervisedLoss` on the mode's supervised view plus the mode's own terms.
     The model is trained on energies relative to the fixed per-element references ``refs``
-    (float64, eV; subtracted from the targets in float64 so no precision is lost against the
-    large absolute energies); the trainer stores them in the model's ``element_energies``
-    buffer when it writes a checkpoint. ``force_scale``: the training set's force RMS (eV/Å).
+    ((N_Z,) or, for a multi-level model, (n_levels, N_Z) float64, eV; subtracted from the
+    targets in float64 so no precision is lost against the large absolute energies); the
+    trainer stores them in the model's ``element_energies`` buffer when it writes a
+    checkpoint. ``force_scale``: the training set's force RMS (eV/Å).
     """
 
     def __init__(self, model: TransIPModel, refs: Tensor, force_scale: float,
@@ -103,11 +114,12 @@ class TrainingModule(nn.Module):
         """
         positions, forces_ref = self.mode.inputs(batch, rotations)
         positions = positions.detach().requires_grad_(True)
-        energy, hidden = self.model(batch.numbers, positions, batch.mask, batch.charge, batch.multiplicity)
+        energy, hidden = self.model(batch.numbers, positions, batch.mask, batch.charge, batch.multiplicity, None,
+                                    energy_level(self.model, batch))
         forces = compute_forces(energy, positions, training=True)
         cfg = self.loss
 
-        ref_sum = self.refs[batch.numbers].sum(dim=1)
+        ref_sum = reference_sum(self.refs, batch)
         target = (batch.energy - ref_sum).to(energy.dtype)
         n_atoms = batch.n_atoms.to(energy.dtype)
         norm = self.model.energy_scale if cfg.energy_norm is None else cfg.energy_norm

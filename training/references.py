@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -29,10 +29,12 @@ N_Z = MAX_ATOMIC_NUMBER + 1
 class DataStatistics:
     """What training needs to know of its data, from one streaming fit.
 
-    element_energies (N_Z,) float64 eV (0 for absent elements); per_atom_std eV (the
-    residual per-atom std, ``sqrt(mean(r²/n))``); per_atom_mae eV (``mean(|r|/n)``, the
-    references' own error); force_rms eV/Å (RMS force component, every record incl.
-    force-only ones); n_energy, n_force: structures the fit and the force RMS used.
+    element_energies (N_Z,) float64 eV (0 for absent elements), or (n_levels, N_Z) when fitted
+    per level of theory (multi-fidelity: each level its own references, never mixed);
+    per_atom_std eV (the residual per-atom std, ``sqrt(mean(r²/n))``, every level with its own
+    references); per_atom_mae eV (``mean(|r|/n)``, the references' own error); force_rms
+    eV/Å (RMS force component, every record incl. force-only ones); n_energy, n_force: structures the fit and the
+    force RMS used.
     """
 
     element_energies: np.ndarray
@@ -44,7 +46,7 @@ class DataStatistics:
 
 
 class _StatsRecords(torch.utils.data.Dataset):
-    """Item i: (element counts (N_Z,) float64, energy eV, has_energy, Σ F² eV²/Å², 3·n_atoms)."""
+    """Item i: (element counts (N_Z,) float64, energy eV, has_energy, Σ F² eV²/Å², 3·n_atoms, level of theory)."""
 
     def __init__(self, dataset: LabelledDataset, indices: np.ndarray) -> None:
         self.dataset = dataset
@@ -53,11 +55,12 @@ class _StatsRecords(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> Tuple[np.ndarray, float, bool, float, int]:
+    def __getitem__(self, i: int) -> Tuple[np.ndarray, float, bool, float, int, str]:
         mol = self.dataset[int(self.indices[i])]
         counts = np.bincount(np.asarray(mol.numbers, dtype=np.int64), minlength=N_Z).astype(np.float64)
         forces = np.asarray(mol.forces, dtype=np.float64)
-        return counts, float(mol.energy), bool(mol.has_energy), float(np.sum(forces * forces)), 3 * mol.n_atoms
+        return (counts, float(mol.energy), bool(mol.has_energy), float(np.sum(forces * forces)), 3 * mol.n_atoms,
+                mol.level_of_theory)
 
 
 def _first(item):
@@ -65,7 +68,7 @@ def _first(item):
 
 
 def _records(dataset: LabelledDataset, indices: np.ndarray, num_workers: int
-             ) -> Iterator[Tuple[np.ndarray, float, bool, float, int]]:
+             ) -> Iterator[Tuple[np.ndarray, float, bool, float, int, str]]:
     if num_workers <= 0:
         source = _StatsRecords(dataset, indices)
         for i in range(len(source)):
@@ -87,41 +90,55 @@ def sample_indices(n: int, sample: Optional[int], seed: int) -> np.ndarray:
 
 
 def data_statistics(dataset: LabelledDataset, sample: Optional[int] = None, seed: int = 0,
-                    num_workers: int = 0) -> DataStatistics:
+                    num_workers: int = 0, levels: Optional[Mapping[str, int]] = None) -> DataStatistics:
     """Reference energies (records with ``has_energy``), residual statistics and the force RMS
-    of ``dataset`` (or of ``sample`` structures of it), in two streaming passes."""
+    of ``dataset`` (or of ``sample`` structures of it), in two streaming passes.
+
+    ``levels`` maps each record's ``level_of_theory`` to an energy head: one least-squares fit
+    per head (element_energies (n_heads, N_Z)); None: one fit over every record (N_Z,)."""
+    n_heads = 1 if levels is None else max(levels.values()) + 1
     indices = sample_indices(len(dataset), sample, seed)
-    ata = np.zeros((N_Z, N_Z))
-    atb = np.zeros(N_Z)
+    ata = np.zeros((n_heads, N_Z, N_Z))
+    atb = np.zeros((n_heads, N_Z))
     force_sq = 0.0
-    n_comp = n_energy = 0
-    for counts, energy, has_energy, f_sq, n3 in _records(dataset, indices, num_workers):
+    n_comp = 0
+    n_energy = np.zeros(n_heads, np.int64)
+    for counts, energy, has_energy, f_sq, n3, level in _records(dataset, indices, num_workers):
         force_sq += f_sq
         n_comp += n3
         if has_energy:
+            head = _head(levels, level)
             nz = np.flatnonzero(counts)
-            ata[np.ix_(nz, nz)] += np.outer(counts[nz], counts[nz])
-            atb[nz] += counts[nz] * energy
-            n_energy += 1
-    if n_energy == 0:
+            ata[head][np.ix_(nz, nz)] += np.outer(counts[nz], counts[nz])
+            atb[head, nz] += counts[nz] * energy
+            n_energy[head] += 1
+    if n_energy.sum() == 0:
         raise ValueError("cannot fit reference energies: no structure with an energy in the data")
-    present = np.flatnonzero(np.diag(ata) > 0)
-    solution, *_ = np.linalg.lstsq(ata[np.ix_(present, present)], atb[present], rcond=None)
-    refs = np.zeros(N_Z)
-    refs[present] = solution
+    refs = np.zeros((n_heads, N_Z))
+    for head in range(n_heads):
+        present = np.flatnonzero(np.diag(ata[head]) > 0)
+        if present.size:
+            refs[head, present], *_ = np.linalg.lstsq(ata[head][np.ix_(present, present)], atb[head, present],
+                                                      rcond=None)
     sq = ab = 0.0
-    for counts, energy, has_energy, _, _ in _records(dataset, indices, num_workers):
+    for counts, energy, has_energy, _, _, level in _records(dataset, indices, num_workers):
         if has_energy:
             n_atoms = counts.sum()
-            r = energy - float(counts @ refs)
+            r = energy - float(counts @ refs[_head(levels, level)])
             sq += r * r / n_atoms
             ab += abs(r) / n_atoms
-    stats = DataStatistics(refs, float(np.sqrt(sq / n_energy)), float(ab / n_energy),
-                           float(np.sqrt(force_sq / max(n_comp, 1))), n_energy, len(indices))
-    logger.info("reference energies fitted on %d structures (%d elements); residual per-atom std %.4f eV; "
-                "force RMS %.4f eV/Å over %d structures", n_energy, len(present), stats.per_atom_std,
-                stats.force_rms, stats.n_force)
+    total = int(n_energy.sum())
+    stats = DataStatistics(refs[0] if levels is None else refs, float(np.sqrt(sq / total)), float(ab / total),
+                           float(np.sqrt(force_sq / max(n_comp, 1))), total, len(indices))
+    logger.info("reference energies fitted on %s structures (%s); residual per-atom std %.4f eV; "
+                "force RMS %.4f eV/Å over %d structures", "+".join(str(int(n)) for n in n_energy),
+                "one set" if levels is None else "one set per level: " + ", ".join(repr(k) for k in levels if k),
+                stats.per_atom_std, stats.force_rms, stats.n_force)
     return stats
+
+
+def _head(levels: Optional[Mapping[str, int]], level: str) -> int:
+    return 0 if levels is None else levels[level]
 
 
 def fit_references(dataset: LabelledDataset) -> Tuple[np.ndarray, float, float]:

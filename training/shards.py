@@ -476,6 +476,15 @@ class ShardedDataset:
         return sorted(found)
 
     @property
+    def charge_multiplicity_pairs(self) -> List[Tuple[int, int]]:
+        """Distinct (total charge, multiplicity) of the records, from the index."""
+        found = set()
+        for k, ix in enumerate(self.indexes):
+            rows = self.rows[self.rows[:, 0] == k, 1]
+            found.update(map(tuple, np.unique(np.stack([ix.charge[rows], ix.multiplicity[rows]], 1), axis=0).tolist()))
+        return sorted((int(q), int(m)) for q, m in found)
+
+    @property
     def elements(self) -> List[int]:
         masks = [ix.masks_of(self.rows[self.rows[:, 0] == k, 1]) for k, ix in enumerate(self.indexes)]
         return mask_elements(np.concatenate(masks) if masks else np.zeros((0, 2), np.uint64))
@@ -526,7 +535,8 @@ class ShardedDataset:
             bad = set(mask_elements(ix.masks_of(pos))) - allowed
             if bad:
                 lo, hi = element_mask(np.array(sorted(bad)))
-                bad_sets = np.flatnonzero((ix.element_masks[:, 0] & np.uint64(lo)) | (ix.element_masks[:, 1] & np.uint64(hi)))
+                bad_sets = np.flatnonzero((ix.element_masks[:, 0] & np.uint64(lo))
+                                          | (ix.element_masks[:, 1] & np.uint64(hi)))
                 first = int(pos[np.isin(ix.element_set[pos], bad_sets)][0])
                 from ase.data import chemical_symbols
 

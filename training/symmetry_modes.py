@@ -165,6 +165,11 @@ def energy_consistency(energy_a: Tensor, energy_b: Tensor, n_atoms: Tensor, norm
 
 
 # --------------------------------------------------------------------------- modes
+def energy_level(model: TransIPModel, batch: Batch) -> Optional[Tensor]:
+    """The energy head of each structure of ``batch`` for a multi-level ``model`` (None otherwise)."""
+    return batch.level if model.n_levels > 1 else None
+
+
 @dataclass
 class ModeOutput:
     """The second-view terms of one batch: ``loss`` (weighted, added to the total) and parts."""
@@ -276,7 +281,8 @@ class TransIP(SymmetryMode):
         s = self.settings
         q = self.relative_rotation(rotations).to(energy.dtype)
         pos_b = rotate(positions.detach(), q)
-        energy_b, hidden_b = model(batch.numbers, pos_b, batch.mask, batch.charge, batch.multiplicity)
+        energy_b, hidden_b = model(batch.numbers, pos_b, batch.mask, batch.charge, batch.multiplicity, None,
+                                   energy_level(model, batch))
         mask = batch.mask
         q_atoms = q.unsqueeze(1).expand(-1, mask.shape[1], 3, 3)[mask]  # (M, 3, 3)
         numbers = batch.numbers[mask]

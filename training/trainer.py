@@ -34,7 +34,13 @@ from transip_openmm.atomic_io import remove_stale_temporaries
 from transip_openmm.training.batching import Batch, MaxAtomsBatchSampler, make_loader
 from transip_openmm.training.checkpoint import DataPosition, TrainingCheckpoint, with_references, without_references
 from transip_openmm.training.config import ConfigError, TrainConfig, config_from_dict, save_config
-from transip_openmm.training.dataset import DataError, LabelledDataset, concatenate
+from transip_openmm.training.dataset import (
+    DataError,
+    LabelledDataset,
+    charge_multiplicity_pairs,
+    concatenate,
+    levels_of_theory,
+)
 from transip_openmm.training.evaluate import ModelPredictor, evaluate
 from transip_openmm.training.objectives import TrainingModule, random_rotations
 from transip_openmm.training.precision import BlockAutocast, peak_memory_mb
@@ -60,10 +66,16 @@ LOG_FIELDS = [
 
 @dataclass
 class PreparedData:
+    """The opened, split data of a run. ``levels``: the model's energy heads (levels of theory,
+    the default first; [] for one unnamed level); ``level_codes``: each record's
+    ``level_of_theory`` string -> its head (None for a single-level run)."""
+
     train: LabelledDataset
     val: LabelledDataset
     elements: List[int]
     data_hash: str
+    levels: List[str] = dataclasses.field(default_factory=list)
+    level_codes: Optional[Dict[str, int]] = None
 
 
 def _lazy(path: Path, lazy: Optional[bool]) -> bool:
@@ -96,12 +108,36 @@ def open_data(cfg: TrainConfig, paths: Sequence[str]) -> LabelledDataset:
     return concatenate(parts)
 
 
-def levels_of_theory(dataset: LabelledDataset) -> List[str]:
-    """Distinct stated levels of theory of the records whose energies count."""
-    levels = getattr(dataset, "levels_of_theory", None)
-    if levels is None:
-        levels = sorted({m.level_of_theory for m in dataset})
-    return [lvl for lvl in levels if lvl]
+def energy_heads(cfg: TrainConfig, train: LabelledDataset, extra: Optional[LabelledDataset],
+                 val: LabelledDataset) -> Tuple[List[str], Dict[str, int]]:
+    """The energy heads of a run: the level of ``data.train`` (the default, head 0) and then the
+    other levels of ``data.extra_train``, sorted; and the map from each record's stated level
+    ("" resolved to ``data.level_of_theory``) to its head."""
+    def resolve(level: str) -> str:
+        return level or cfg.data.level_of_theory
+
+    main = sorted({resolve(x) for x in levels_of_theory(train)})
+    if len(main) > 1:
+        raise DataError(f"data.train mixes energies of {len(main)} levels of theory ({', '.join(main)}): "
+                        "one set of element references cannot serve them; keep one level in data.train and "
+                        "move the others to data.extra_train (own references and energy head) or data.force_only")
+    primary = main[0] if main else ""
+    raw = set(levels_of_theory(train)) | set(levels_of_theory(val))
+    others: List[str] = []
+    if extra is not None:
+        extra_raw = set(levels_of_theory(extra))
+        raw |= extra_raw
+        others = sorted({resolve(x) for x in extra_raw} - {primary})
+        if others and not primary:
+            raise ConfigError("data.extra_train adds levels of theory (" + ", ".join(others) + ") but the records of "
+                              "data.train state none: name their level with data.level_of_theory (OMol25: "
+                              "wB97M-V/def2-TZVPD)")
+    wrong = sorted({resolve(x) for x in levels_of_theory(val)} - {primary})
+    if wrong:
+        raise DataError(f"the validation data hold energies at {', '.join(wrong)}, not at the level of data.train "
+                        f"({primary or 'unstated'}): validation picks the checkpoint on the default level only")
+    heads = [primary] + others
+    return heads, {x: heads.index(resolve(x)) for x in raw}
 
 
 def prepare_data(cfg: TrainConfig) -> PreparedData:
@@ -120,20 +156,27 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
         train = train.subset(range(min(cfg.data.max_train, len(train))))
     if cfg.data.max_val is not None:
         val = val.subset(range(min(cfg.data.max_val, len(val))))
-    levels = levels_of_theory(train)
-    if len(levels) > 1:
-        raise DataError(f"data.train mixes energies of {len(levels)} levels of theory ({', '.join(levels)}): "
-                        "one set of element references cannot serve them; keep one level in data.train and "
-                        "move the others to data.force_only")
-    if cfg.data.force_only:
-        extra = open_data(cfg, cfg.data.force_only).without_energies()
-        logger.info("force-only data: %d structures (energies unused)", len(extra))
+    extra = open_data(cfg, cfg.data.extra_train) if cfg.data.extra_train else None
+    heads, codes = energy_heads(cfg, train, extra, val)
+    if extra is not None:
+        logger.info("extra training data: %d structures (levels of theory: %s)", len(extra),
+                    ", ".join(levels_of_theory(extra)) or "unstated")
         train = concatenate([train, extra])
+    if cfg.data.force_only:
+        force_only = open_data(cfg, cfg.data.force_only).without_energies()
+        logger.info("force-only data: %d structures (energies unused)", len(force_only))
+        for level in levels_of_theory(force_only):
+            codes.setdefault(level, 0)  # energies unused: any head serves their forces
+        train = concatenate([train, force_only])
     if elements is None:
         elements = train.elements
     val.validate(elements)  # elements in validation but absent from training are an error
     data_hash = "train:" + train.content_hash() + ";val:" + val.content_hash()
-    return PreparedData(train, val, [int(z) for z in elements], data_hash)
+    if len(heads) > 1:
+        logger.info("multi-fidelity: %d energy heads on one trunk: %s (the first is the default)", len(heads),
+                    ", ".join(heads))
+        return PreparedData(train, val, [int(z) for z in elements], data_hash, heads, codes)
+    return PreparedData(train, val, [int(z) for z in elements], data_hash, [h for h in heads if h])
 
 
 def lr_lambda(warmup: int, total: int, min_ratio: float):
@@ -224,13 +267,16 @@ class Trainer:
         self.energy_norm = stats.per_atom_mae
         self.force_rms = stats.force_rms
         es = cfg.objective.energy_scale
-        self.energy_scale = stats.per_atom_std if es == "residual" else self.force_rms if es == "force_rms" else float(es)
+        self.energy_scale = (stats.per_atom_std if es == "residual" else self.force_rms if es == "force_rms"
+                             else float(es))
         if self.resumed is not None:
             self.energy_scale = self.resumed.energy_scale
         if not self.energy_scale > 0:
             raise ConfigError(f"energy scale must be positive, got {self.energy_scale}")
 
-        self.model_config = cfg.model_config()
+        #: (charge, multiplicity) pairs of the training data (the exported model warns outside them)
+        self.charge_multiplicity = charge_multiplicity_pairs(self.data.train)
+        self.model_config = dataclasses.replace(cfg.model_config(), energy_levels=list(self.data.levels))
         cfg.model = self.model_config.to_dict()  # resolved: every model default filled in
         self.model = TransIPModel(self.model_config)
         self.autocast = (BlockAutocast(self.model.blocks, self.device.type)
@@ -267,7 +313,7 @@ class Trainer:
             rank=self.rank, world_size=self.world,
         )
         self.loader = make_loader(self.data.train, self.sampler, cfg.run.num_workers, cfg.run.prefetch_factor,
-                                  pin_memory=self.device.type == "cuda")
+                                  pin_memory=self.device.type == "cuda", levels=self.data.level_codes)
         self.step = 0
         self.position = DataPosition()
         #: set to a list to record the structure indices of every batch this process consumes
@@ -297,7 +343,8 @@ class Trainer:
         ckpt = self.resumed
         if ckpt is not None and ckpt.force_rms > 0:
             return DataStatistics(ckpt.element_energies, ckpt.energy_scale, ckpt.energy_norm, ckpt.force_rms, 0, 0)
-        return data_statistics(self.data.train, self.cfg.data.stats_sample, self.cfg.seed, self.cfg.run.num_workers)
+        return data_statistics(self.data.train, self.cfg.data.stats_sample, self.cfg.seed, self.cfg.run.num_workers,
+                               self.data.level_codes)
 
     @property
     def epoch(self) -> int:
@@ -324,6 +371,7 @@ class Trainer:
             config=self.cfg.to_dict(),
             data_hash=self.data.data_hash,
             symmetry=self.cfg.objective.symmetry,
+            training_charge_multiplicity=[list(p) for p in self.charge_multiplicity],
             energy_scale=self.energy_scale,
             energy_norm=self.energy_norm,
             force_rms=self.force_rms,

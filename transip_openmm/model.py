@@ -38,7 +38,7 @@ computes weight gradients on every force evaluation).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -81,6 +81,9 @@ class ModelConfig:
     learned two-body term (:class:`PairEnergy`) with ``n_pair_rbf`` Gaussians up to
     ``pair_cutoff`` Å. ``position_encoding`` is ``absolute`` or ``relative`` (see
     :data:`POSITION_ENCODINGS`); periodic boxes need ``relative`` and an ``attention_cutoff``.
+    ``energy_levels``: the levels of theory the model has energy heads for (multi-fidelity
+    training: one readout output and one set of element references per level on a shared
+    trunk; the first is the default). Empty or one entry: a single-level model.
     """
 
     d_model: int = 128
@@ -100,6 +103,7 @@ class ModelConfig:
     n_pair_rbf: int = 32
     pair_embedding_dim: int = 16
     position_encoding: str = "absolute"
+    energy_levels: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.attention_cutoff is not None and not self.attention_cutoff > 0.0:
@@ -111,6 +115,14 @@ class ModelConfig:
         if self.position_encoding == "relative" and not self.distance_bias:
             raise ValueError("position_encoding 'relative' needs distance_bias: true (geometry enters "
                              "through the pair features of attention)")
+        self.energy_levels = [str(level) for level in self.energy_levels]
+        if len(set(self.energy_levels)) != len(self.energy_levels):
+            raise ValueError(f"energy_levels must be distinct, got {self.energy_levels}")
+
+    @property
+    def n_levels(self) -> int:
+        """Number of energy heads (1 for a single-level model)."""
+        return max(1, len(self.energy_levels))
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "ModelConfig":
@@ -384,11 +396,16 @@ class TransIPModel(nn.Module):
             [TransformerBlock(d, config.n_heads, config.mlp_ratio, n_edge_features) for _ in range(config.n_layers)]
         )
         self.final_norm = nn.LayerNorm(d)
-        self.readout = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, 1))
+        #: energy heads: one readout output per level of theory (see ModelConfig.energy_levels)
+        self.n_levels: int = config.n_levels
+        self.energy_levels: List[str] = list(config.energy_levels)
+        self.readout = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, self.n_levels))
         self._init_geometry_sensitive()
 
-        # Energy normalisation, set from training data: E = sum_i (scale * e_i + ref[Z_i]).
-        self.register_buffer("element_energies", torch.zeros(MAX_ATOMIC_NUMBER + 1))
+        # Energy normalisation, set from training data: E = sum_i (scale * e_i + ref[level, Z_i]);
+        # element_energies is (N_Z,) for a single-level model, (n_levels, N_Z) otherwise.
+        ref_shape = (MAX_ATOMIC_NUMBER + 1,) if self.n_levels == 1 else (self.n_levels, MAX_ATOMIC_NUMBER + 1)
+        self.register_buffer("element_energies", torch.zeros(ref_shape))
         self.register_buffer("energy_scale", torch.ones(()))
         from ase.data import covalent_radii  # local: keeps ase out of TorchScript globals
 
@@ -547,10 +564,22 @@ class TransIPModel(nn.Module):
         self._check_cell(cell)
         return self._embed_dense(atomic_numbers, positions, mask, charge, multiplicity, True, cell)
 
-    def _atom_energies(self, h: Tensor, atomic_numbers: Tensor) -> Tensor:
-        """Per-atom energies (eV), same leading shape as ``atomic_numbers``."""
-        atom_energy = self.readout(self.final_norm(h)).squeeze(-1)
-        return atom_energy * self.energy_scale + self.element_energies.to(h.dtype)[atomic_numbers]
+    def _atom_energies(self, h: Tensor, atomic_numbers: Tensor, level: Optional[Tensor]) -> Tensor:
+        """Per-atom energies (eV), same leading shape as ``atomic_numbers``: h (B, N, d) or (N, d)
+        for one structure; ``level`` (B,) int64 energy head of each structure (None: head 0)."""
+        out = self.readout(self.final_norm(h))  # (..., n_levels)
+        if self.n_levels == 1:
+            return out.squeeze(-1) * self.energy_scale + self.element_energies.to(h.dtype)[atomic_numbers]
+        if level is None:
+            level = torch.zeros(1 if h.dim() == 2 else h.shape[0], dtype=torch.long, device=h.device)
+        if h.dim() == 2:
+            head = level[:1]
+            atom_energy = out.index_select(-1, head).squeeze(-1)
+            refs = self.element_energies.index_select(0, head).squeeze(0)[atomic_numbers]
+        else:
+            atom_energy = out.gather(-1, level.view(-1, 1, 1).expand(out.shape[0], out.shape[1], 1)).squeeze(-1)
+            refs = self.element_energies[level.unsqueeze(1), atomic_numbers]
+        return atom_energy * self.energy_scale + refs.to(h.dtype)
 
     def _uses_neighbor_list(self, b: int, n: int) -> bool:
         """Whether a batch of ``b`` structures of ``n`` atoms runs on the neighbour-list path."""
@@ -558,7 +587,7 @@ class TransIPModel(nn.Module):
 
     def _forward_neighbors(
         self, atomic_numbers: Tensor, positions: Tensor, mask: Tensor, charge: Tensor, multiplicity: Tensor,
-        cell: Optional[Tensor], static: bool,
+        cell: Optional[Tensor], static: bool, level: Optional[Tensor] = None,
     ) -> Tuple[Tensor, List[Tensor], Tensor]:
         """Local attention of one structure (B = 1) over a cell-list neighbour list; ``cell``
         (3, 3) Å or None (open boundaries). ``static``: the capture-safe list with the fitted
@@ -600,7 +629,7 @@ class TransIPModel(nn.Module):
         for i, block in enumerate(self.blocks):
             h = block.forward_neighbors(h, neighbors, biases[i], edge)
             hidden.append(h.unsqueeze(0))
-        atom_energy = self._atom_energies(h, z)
+        atom_energy = self._atom_energies(h, z, level)
         if static:
             atom_energy = atom_energy * keep.to(atom_energy.dtype)
         energy = atom_energy.sum().unsqueeze(0)
@@ -619,13 +648,13 @@ class TransIPModel(nn.Module):
 
     def _forward_dense(
         self, atomic_numbers: Tensor, positions: Tensor, mask: Tensor, charge: Tensor, multiplicity: Tensor,
-        cell: Optional[Tensor], padded: bool, check_zbl: bool,
+        cell: Optional[Tensor], padded: bool, check_zbl: bool, level: Optional[Tensor] = None,
     ) -> Tuple[Tensor, List[Tensor]]:
         """All-pairs energy (B,) eV and hidden states; ``padded=False`` promises every atom is
         real; ``check_zbl=False`` evaluates the ZBL term without its (host-read) activity check."""
         n = atomic_numbers.shape[1]
         hidden, r = self._embed_dense(atomic_numbers, positions, mask, charge, multiplicity, padded, cell)
-        atom_energy = self._atom_energies(hidden[-1], atomic_numbers)
+        atom_energy = self._atom_energies(hidden[-1], atomic_numbers, level)
         if padded:
             energy = (atom_energy * mask.to(positions.dtype)).sum(dim=1)
         else:
@@ -650,7 +679,7 @@ class TransIPModel(nn.Module):
 
     def _forward_capture_safe(
         self, atomic_numbers: Tensor, positions: Tensor, mask: Tensor, charge: Tensor, multiplicity: Tensor,
-        cell: Optional[Tensor],
+        cell: Optional[Tensor], level: Optional[Tensor] = None,
     ) -> Tuple[Tensor, List[Tensor]]:
         """``forward`` with static shapes and no host read (CUDA-graph capture): the cell is not
         validated but flagged, the neighbour list has the fitted capacity, and what the structure
@@ -668,10 +697,10 @@ class TransIPModel(nn.Module):
                     "call fit_neighbor_capacity(positions, cell) on a representative structure first"
                 )
             energy, hidden, demand = self._forward_neighbors(
-                atomic_numbers, positions, mask, charge, multiplicity, cell, True)
+                atomic_numbers, positions, mask, charge, multiplicity, cell, True, level)
         else:
             energy, hidden = self._forward_dense(
-                atomic_numbers, positions, mask, charge, multiplicity, cell, True, False)
+                atomic_numbers, positions, mask, charge, multiplicity, cell, True, False, level)
             demand = torch.zeros(2, dtype=torch.long, device=positions.device)
         self.neighbor_demand.copy_(torch.cat([demand, cell_bad]))
         return energy, hidden
@@ -720,24 +749,27 @@ class TransIPModel(nn.Module):
         charge: Tensor,
         multiplicity: Tensor,
         cell: Optional[Tensor] = None,
+        level: Optional[Tensor] = None,
     ) -> Tuple[Tensor, List[Tensor]]:
         """``cell``: (3, 3) Å periodic box, rows = box vectors (OpenMM's reduced form), shared by
-        the batch; needs ``supports_periodic``. None: open boundaries. With ``capture_safe`` set
+        the batch; needs ``supports_periodic``. None: open boundaries. ``level`` (B,) int64: the
+        energy head (level of theory) of each structure of a multi-level model (None: head 0). With ``capture_safe`` set
         the evaluation has static shapes and reads nothing on the host (see
         :meth:`_forward_capture_safe`)."""
         if self.capture_safe:
-            return self._forward_capture_safe(atomic_numbers, positions, mask, charge, multiplicity, cell)
+            return self._forward_capture_safe(atomic_numbers, positions, mask, charge, multiplicity, cell, level)
         b, n = atomic_numbers.shape
         self._check_cell(cell)
         if self._uses_neighbor_list(b, n):
             if bool(mask.all()):  # the neighbour list synchronises anyway
                 energy, hidden, _ = self._forward_neighbors(
-                    atomic_numbers, positions, mask, charge, multiplicity, cell, False)
+                    atomic_numbers, positions, mask, charge, multiplicity, cell, False, level)
                 return energy, hidden
         # Data-dependent shortcuts need a host sync; on CUDA the general (padded) path is
         # taken instead.
         padded = True if positions.is_cuda else not bool(mask.all())
-        return self._forward_dense(atomic_numbers, positions, mask, charge, multiplicity, cell, padded, True)
+        return self._forward_dense(atomic_numbers, positions, mask, charge, multiplicity, cell, padded, True,
+                                   level)
 
 
 def compute_forces(energy: Tensor, positions: Tensor, training: bool = False) -> Tensor:
@@ -753,6 +785,35 @@ def compute_forces(energy: Tensor, positions: Tensor, training: bool = False) ->
     if grad is None:
         return torch.zeros_like(positions)
     return -grad
+
+
+def level_index(levels: List[str], level: Optional[str]) -> int:
+    """Position of ``level`` in a model's ``energy_levels`` (None: the default, 0); a single-level
+    model with no stated level answers 0 for any name it is asked (it has one head)."""
+    if level is None or (not levels and level == ""):
+        return 0
+    if level not in levels:
+        raise ValueError(f"the model has no energy head for level of theory {level!r}; it has "
+                         f"{', '.join(repr(x) for x in levels) or 'one unnamed level'}")
+    return levels.index(level)
+
+
+def select_level(model: "TransIPModel", level: Optional[str] = None) -> "TransIPModel":
+    """A single-level copy of a multi-level ``model``: the energy head and the element references
+    of ``level`` (None: the default, the first), on the same shared trunk. Same energies and
+    forces as ``model`` called with that head; ``model`` itself is not changed."""
+    index = level_index(list(model.energy_levels), level)
+    config = ModelConfig.from_dict(dict(model.config_dict))
+    config.energy_levels = [model.energy_levels[index]] if model.energy_levels else []
+    single = TransIPModel(config).to(model.element_energies.device, model.element_energies.dtype)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if model.n_levels > 1:
+        last = len(model.readout) - 1
+        state[f"readout.{last}.weight"] = state[f"readout.{last}.weight"][index:index + 1].clone()
+        state[f"readout.{last}.bias"] = state[f"readout.{last}.bias"][index:index + 1].clone()
+        state["element_energies"] = state["element_energies"][index].clone()
+    single.load_state_dict(state)
+    return single.train(model.training)
 
 
 def prepare_for_inference(model: nn.Module) -> nn.Module:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from training_helpers import TINY_MODEL, write_shards, write_tiny_config
+from training_helpers import write_shards, write_tiny_config
 from transip_openmm.training.checkpoint import TrainingCheckpoint
 from transip_openmm.training.config import load_config
 from transip_openmm.training.dataset import DataError
