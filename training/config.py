@@ -52,6 +52,8 @@ class DataConfig:
     references and energy head on the shared trunk (multi-fidelity; forces of every level
     train the trunk); ``level_of_theory``: the level of records that state none (the OMol25
     files: ``wB97M-V/def2-TZVPD``). The level of ``train`` is the default head (export).
+    ``train_repeats``: the training part of ``train`` counts this many times per epoch (it
+    balances a small set at the default level against large ``extra_train`` data).
 
     Paths in ``train``, ``val``, ``extra_train`` and ``force_only`` may be files, directories or glob patterns
     of ``.aselmdb`` shards. ``lazy``: open ``.aselmdb`` data as a lazy sharded dataset (an
@@ -68,6 +70,7 @@ class DataConfig:
     force_only: List[str] = field(default_factory=list)
     extra_train: List[str] = field(default_factory=list)
     level_of_theory: str = ""
+    train_repeats: int = 1
     root: str = "."
     test: List[str] = field(default_factory=list)
     val_fraction: float = 0.1

@@ -1,4 +1,4 @@
-"""``transip evaluate MODEL DATA... --json OUT.json [--plot OUT.png]``.
+"""``transip evaluate MODEL (DATA... | --test-of CONFIG) --json OUT.json [--plot OUT.png]``.
 
 MODEL is a training checkpoint (``*.ckpt``) or an exported TorchScript file
 (``forward(positions_nm (n, 3)) -> (energy kJ/mol, forces kJ/mol/nm)``). An exported module
@@ -39,8 +39,11 @@ logger = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, help="training checkpoint or exported TorchScript model")
-    parser.add_argument("data", type=Path, nargs="+",
+    parser.add_argument("data", type=Path, nargs="*",
                         help="data files (.aselmdb, .xyz, .extxyz, .hdf5), folders of them, or glob patterns")
+    parser.add_argument("--test-of", type=Path, default=None, metavar="CONFIG",
+                        help="evaluate on the test data of this training config (its data.test files or its "
+                             "held-out test part) instead of DATA")
     parser.add_argument("--json", type=Path, required=True, help="write the metrics here")
     parser.add_argument("--plot", type=Path, default=None, help="energy/force parity plot (PNG)")
     parser.add_argument("--rotation-structures", type=int, default=20,
@@ -131,6 +134,26 @@ def expand_data_paths(items: List[Path]) -> List[Path]:
     return files
 
 
+def config_test_data(config: Path, elements: Optional[List[int]]):
+    """(test dataset, its source files) of a training config: its ``data.test`` files, else the
+    part its molecule split holds out of ``data.train`` (``data.test_fraction``)."""
+    from transip_openmm.training.config import load_config
+    from transip_openmm.training.splits import held_out_test
+
+    cfg = load_config(config)
+    if not cfg.data.test and cfg.data.test_fraction <= 0.0:
+        raise UsageError(f"--test-of {config}: the config names no test data (data.test is empty and "
+                         "data.test_fraction is 0)")
+    files = [cfg.resolve(p) for p in (cfg.data.test or cfg.data.train)]
+    missing = [str(p) for p in files if not p.exists()]
+    if missing:
+        raise DataError(f"--test-of {config}: data file {missing[0]} does not exist")
+    dataset = held_out_test(cfg)
+    if elements is not None:
+        dataset.validate(elements)
+    return dataset, files
+
+
 def run(args: argparse.Namespace) -> int:
     from transip_openmm.training.evaluate import evaluate, predict
     from transip_openmm.training.readers import read_datasets
@@ -142,9 +165,14 @@ def run(args: argparse.Namespace) -> int:
         if path is not None and path.is_dir():
             raise UsageError(f"{option} {path} is a folder: give a file name, e.g. {path / 'eval.json'}"
                              if option == "--json" else f"{option} {path} is a folder: give a file name")
-    data_files = expand_data_paths(args.data)
+    if bool(args.data) == (args.test_of is not None):
+        raise UsageError("give DATA files or --test-of CONFIG (one of them)")
+    data_files = expand_data_paths(args.data) if args.data else []
     predictor, elements, info = load_predictor(args.model, args.device, use_ema=not args.no_ema)
-    dataset = read_datasets(data_files, elements)
+    if args.test_of is not None:
+        dataset, data_files = config_test_data(args.test_of, elements)
+    else:
+        dataset = read_datasets(data_files, elements)
     with torch.inference_mode(False):
         result = evaluate(predictor, dataset, args.max_atoms, args.rotation_structures, args.rotations,
                           args.seed, progress=True)

@@ -158,6 +158,10 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
         val = val.subset(range(min(cfg.data.max_val, len(val))))
     extra = open_data(cfg, cfg.data.extra_train) if cfg.data.extra_train else None
     heads, codes = energy_heads(cfg, train, extra, val)
+    if cfg.data.train_repeats < 1:
+        raise ConfigError(f"data.train_repeats must be at least 1, got {cfg.data.train_repeats}")
+    if cfg.data.train_repeats > 1:
+        train = concatenate([train] * cfg.data.train_repeats)
     if extra is not None:
         logger.info("extra training data: %d structures (levels of theory: %s)", len(extra),
                     ", ".join(levels_of_theory(extra)) or "unstated")

@@ -166,3 +166,13 @@ def test_multi_fidelity_refusals(tmp_path):
         Trainer(load_config(_config(tmp_path, level_of_theory="A", extra_train=[str(extra)], val=[str(extra)])),
                 tmp_path / "run2")
     assert not (tmp_path / "run1").exists() and not (tmp_path / "run2").exists()
+
+
+def test_train_repeats_weights_the_default_level_against_extra_data(tmp_path):
+    extra = _shifted_shards(tmp_path / "xtb", "GFN2-xTB")
+    config = _config(tmp_path, level_of_theory="A", extra_train=[str(extra)], train_repeats=3)
+    trainer = Trainer(load_config(config), tmp_path / "run")
+    levels = [trainer.data.train[i].level_of_theory for i in range(len(trainer.data.train))]
+    assert levels.count("") == 3 * 8 and levels.count("GFN2-xTB") == 8 and len(trainer.data.val) == 8
+    with pytest.raises(ConfigError, match="train_repeats must be at least 1"):
+        Trainer(load_config(_config(tmp_path, train_repeats=0)), tmp_path / "run0")

@@ -104,6 +104,31 @@ def test_evaluate_checkpoint(trained, tmp_path):
     assert png.stat().st_size > 1000
 
 
+def test_evaluate_on_the_test_part_of_a_config(trained, tmp_path, capsys):
+    import yaml
+    from transip_openmm.training.config import load_config
+    from transip_openmm.training.splits import held_out_test
+
+    config = tmp_path / "split.yaml"
+    config.write_text(yaml.safe_dump({"data": {"root": str(TEST_DATA), "train": ["acac_mini.xyz"],
+                                               "val": ["acac_mini.xyz"], "split": "block", "test_fraction": 0.25}}))
+    test = held_out_test(load_config(config))
+    assert 0 < len(test) < 8
+    out = tmp_path / "test.json"
+    assert main(["evaluate", str(trained / "best.ckpt"), "--test-of", str(config), "--json", str(out),
+                 "--rotation-structures", "0"]) == 0
+    assert json.loads(out.read_text())["n_structures"] == len(test)
+    capsys.readouterr()
+    assert main(["evaluate", str(trained / "best.ckpt"), str(TEST_DATA / "acac_mini.xyz"), "--test-of", str(config),
+                 "--json", str(tmp_path / "both.json")]) == 2
+    assert "DATA files or --test-of CONFIG" in capsys.readouterr().err
+    config.write_text(yaml.safe_dump({"data": {"root": str(TEST_DATA), "train": ["acac_mini.xyz"]}}))
+    assert main(["evaluate", str(trained / "best.ckpt"), "--test-of", str(config),
+                 "--json", str(tmp_path / "n.json")]) == 2
+    assert "names no test data" in capsys.readouterr().err
+    assert not (tmp_path / "both.json").exists() and not (tmp_path / "n.json").exists()
+
+
 def test_evaluate_rejects_unknown_elements(trained, tmp_path, capsys):
     assert main(["evaluate", str(trained / "last.ckpt"), str(TEST_DATA / "omol25_mini.aselmdb"),
                  "--json", str(tmp_path / "x.json")]) == 2
