@@ -22,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from transip_openmm import SHIPPED_MODELS, shipped_model_path
+    from transip_openmm.artifacts import read_exported_metadata
     from transip_openmm.simulations.analyze_cli import analyze_run
     from transip_openmm.simulations.protocol import (
         ProtocolError,
@@ -45,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         if not model_path.is_file():
             raise ProtocolError(f"--model: {model_path} does not exist; pass a shipped model's name "
                                 f"({', '.join(sorted(SHIPPED_MODELS))}) or an exported model file")
+        read_exported_metadata(model_path)  # a checkpoint, a text file or a foreign file: one line, before any output
         protocol.model.path = str(model_path)
     info = run_protocol(protocol, args.output, platform=args.platform)
     summary = analyze_run(args.output, args.output / "analysis")
