@@ -54,6 +54,8 @@ class DataConfig:
     files: ``wB97M-V/def2-TZVPD``). The level of ``train`` is the default head (export).
     ``train_repeats``: the training part of ``train`` counts this many times per epoch (it
     balances a small set at the default level against large ``extra_train`` data).
+    ``max_force``: drop ``extra_train`` records whose largest atomic force exceeds this many
+    eV/Å (generated close contacts deep in the repulsive wall); null keeps every record.
 
     Paths in ``train``, ``val``, ``extra_train`` and ``force_only`` may be files, directories or glob patterns
     of ``.aselmdb`` shards. ``lazy``: open ``.aselmdb`` data as a lazy sharded dataset (an
@@ -71,6 +73,7 @@ class DataConfig:
     extra_train: List[str] = field(default_factory=list)
     level_of_theory: str = ""
     train_repeats: int = 1
+    max_force: Optional[float] = None
     root: str = "."
     test: List[str] = field(default_factory=list)
     val_fraction: float = 0.1

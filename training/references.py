@@ -33,8 +33,10 @@ class DataStatistics:
     per level of theory (multi-fidelity: each level its own references, never mixed);
     per_atom_std eV (the residual per-atom std, ``sqrt(mean(r²/n))``, every level with its own
     references); per_atom_mae eV (``mean(|r|/n)``, the references' own error); force_rms
-    eV/Å (RMS force component, every record incl. force-only ones); n_energy, n_force: structures the fit and the
-    force RMS used.
+    eV/Å (RMS force component, every record incl. force-only ones); n_energy, n_force:
+    structures the fit and the force RMS used. With several levels the residual statistics
+    and the force RMS are the default level's (head 0): the losses are scaled to the level the
+    model is selected and exported for.
     """
 
     element_energies: np.ndarray
@@ -100,14 +102,14 @@ def data_statistics(dataset: LabelledDataset, sample: Optional[int] = None, seed
     indices = sample_indices(len(dataset), sample, seed)
     ata = np.zeros((n_heads, N_Z, N_Z))
     atb = np.zeros((n_heads, N_Z))
-    force_sq = 0.0
-    n_comp = 0
+    force_sq = np.zeros(n_heads)
+    n_comp = np.zeros(n_heads, np.int64)
     n_energy = np.zeros(n_heads, np.int64)
     for counts, energy, has_energy, f_sq, n3, level in _records(dataset, indices, num_workers):
-        force_sq += f_sq
-        n_comp += n3
+        head = _head(levels, level)
+        force_sq[head] += f_sq
+        n_comp[head] += n3
         if has_energy:
-            head = _head(levels, level)
             nz = np.flatnonzero(counts)
             ata[head][np.ix_(nz, nz)] += np.outer(counts[nz], counts[nz])
             atb[head, nz] += counts[nz] * energy
@@ -120,19 +122,23 @@ def data_statistics(dataset: LabelledDataset, sample: Optional[int] = None, seed
         if present.size:
             refs[head, present], *_ = np.linalg.lstsq(ata[head][np.ix_(present, present)], atb[head, present],
                                                       rcond=None)
-    sq = ab = 0.0
+    sq = np.zeros(n_heads)
+    ab = np.zeros(n_heads)
     for counts, energy, has_energy, _, _, level in _records(dataset, indices, num_workers):
         if has_energy:
+            head = _head(levels, level)
             n_atoms = counts.sum()
-            r = energy - float(counts @ refs[_head(levels, level)])
-            sq += r * r / n_atoms
-            ab += abs(r) / n_atoms
+            r = energy - float(counts @ refs[head])
+            sq[head] += r * r / n_atoms
+            ab[head] += abs(r) / n_atoms
     total = int(n_energy.sum())
-    stats = DataStatistics(refs[0] if levels is None else refs, float(np.sqrt(sq / total)), float(ab / total),
-                           float(np.sqrt(force_sq / max(n_comp, 1))), total, len(indices))
+    main = 0 if n_energy[0] > 0 else int(np.argmax(n_energy))  # the default level's, where it has energies
+    stats = DataStatistics(refs[0] if levels is None else refs, float(np.sqrt(sq[main] / n_energy[main])),
+                           float(ab[main] / n_energy[main]), float(np.sqrt(force_sq[0] / max(n_comp[0], 1))),
+                           total, len(indices))
     logger.info("reference energies fitted on %s structures (%s); residual per-atom std %.4f eV; "
                 "force RMS %.4f eV/Å over %d structures", "+".join(str(int(n)) for n in n_energy),
-                "one set" if levels is None else "one set per level: " + ", ".join(repr(k) for k in levels if k),
+                "one set" if levels is None else f"one set per level, {n_heads} levels",
                 stats.per_atom_std, stats.force_rms, stats.n_force)
     return stats
 

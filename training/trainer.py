@@ -42,6 +42,7 @@ from transip_openmm.training.dataset import (
     levels_of_theory,
 )
 from transip_openmm.training.evaluate import ModelPredictor, evaluate
+from transip_openmm.training.filters import drop_large_forces
 from transip_openmm.training.objectives import TrainingModule, random_rotations
 from transip_openmm.training.precision import BlockAutocast, peak_memory_mb
 from transip_openmm.training.readers import read_datasets
@@ -157,6 +158,10 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
     if cfg.data.max_val is not None:
         val = val.subset(range(min(cfg.data.max_val, len(val))))
     extra = open_data(cfg, cfg.data.extra_train) if cfg.data.extra_train else None
+    if extra is not None and cfg.data.max_force is not None:
+        if not cfg.data.max_force > 0:
+            raise ConfigError(f"data.max_force must be a positive force in eV/Å or null, got {cfg.data.max_force}")
+        extra, _ = drop_large_forces(extra, float(cfg.data.max_force), cfg.run.num_workers, "data.extra_train")
     heads, codes = energy_heads(cfg, train, extra, val)
     if cfg.data.train_repeats < 1:
         raise ConfigError(f"data.train_repeats must be at least 1, got {cfg.data.train_repeats}")

@@ -176,3 +176,26 @@ def test_train_repeats_weights_the_default_level_against_extra_data(tmp_path):
     assert levels.count("") == 3 * 8 and levels.count("GFN2-xTB") == 8 and len(trainer.data.val) == 8
     with pytest.raises(ConfigError, match="train_repeats must be at least 1"):
         Trainer(load_config(_config(tmp_path, train_repeats=0)), tmp_path / "run0")
+
+
+def test_max_force_drops_extra_records_deep_in_the_repulsive_wall(tmp_path):
+    from transip_openmm.training.filters import drop_large_forces, max_forces
+
+    extra = _shifted_shards(tmp_path / "xtb", "GFN2-xTB")
+    config = _config(tmp_path, level_of_theory="A", extra_train=[str(extra)])
+    trainer = Trainer(load_config(config), tmp_path / "run")
+    data = trainer.data.train
+    fmax = max_forces(data)
+    expected = [float(np.linalg.norm(data[i].forces, axis=1).max()) for i in range(len(data))]
+    np.testing.assert_allclose(fmax, expected, rtol=1e-12)
+    limit = float(np.median(fmax))
+    kept, dropped = drop_large_forces(data, limit)
+    assert dropped == int((fmax > limit).sum()) > 0 and len(kept) == len(data) - dropped
+    assert all(np.linalg.norm(kept[i].forces, axis=1).max() <= limit for i in range(len(kept)))
+    config = _config(tmp_path, level_of_theory="A", extra_train=[str(extra)], max_force=limit)
+    filtered = Trainer(load_config(config), tmp_path / "run2").data
+    extra_fmax = max_forces(filtered.train.subset(range(8, len(filtered.train))))
+    assert len(filtered.train) == 8 + int((fmax[8:] <= limit).sum()) and extra_fmax.max() <= limit
+    with pytest.raises(ConfigError, match="max_force must be a positive"):
+        Trainer(load_config(_config(tmp_path, level_of_theory="A", extra_train=[str(extra)], max_force=-1.0)),
+                tmp_path / "run3")
