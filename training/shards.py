@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -267,6 +268,15 @@ def user_cache_dir() -> Path:
     return Path(base).expanduser() / "transip-openmm"
 
 
+def _marked_read_only(folder: Path) -> bool:
+    """Whether ``folder``'s permission bits let nobody write (a process running as root could,
+    but should not, write there)."""
+    try:
+        return stat.S_IMODE(folder.stat().st_mode) & 0o222 == 0
+    except OSError:
+        return True
+
+
 def index_locations(shard: Path) -> List[Path]:
     """Candidate cache files of a shard's index: beside the data, then the user cache directory."""
     shard = shard.resolve()
@@ -373,6 +383,8 @@ def load_index(shard: PathLike) -> ShardIndex:
                 return index
     index = build_index(shard)
     digest = shard_digest(shard)
+    if _marked_read_only(shard.resolve().parent):  # its owner's intent, even where root could write
+        locations = locations[1:]
     for target in locations:
         try:
             _save_index(index, target, fingerprint, digest)

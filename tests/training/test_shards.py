@@ -75,6 +75,18 @@ def test_index_goes_to_the_user_cache_when_the_data_folder_is_not_writable(tmp_p
     assert not beside.exists() and user.is_file() and user.is_relative_to(tmp_path / "cache")
 
 
+def test_index_is_not_written_into_a_folder_marked_read_only(tmp_path, monkeypatch):
+    folder = write_shards(tmp_path / "data", n_shards=1, per_shard=3)
+    monkeypatch.setenv("TRANSIP_CACHE_DIR", str(tmp_path / "cache"))
+    folder.chmod(0o555)  # also for a process running as root, which the permission bits do not stop
+    try:
+        assert len(ShardedDataset(folder)) == 3
+        beside, user = index_locations(folder / "shard000.aselmdb")
+        assert not beside.parent.exists() and user.is_file()
+    finally:
+        folder.chmod(0o755)
+
+
 def test_level_of_theory_is_read_when_present(tmp_path):
     plain = ShardedDataset(write_shards(tmp_path / "a", n_shards=1, per_shard=2))
     xtb = ShardedDataset(write_shards(tmp_path / "b", n_shards=1, per_shard=2, level_of_theory="GFN2-xTB"))
