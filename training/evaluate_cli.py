@@ -135,8 +135,9 @@ def expand_data_paths(items: List[Path]) -> List[Path]:
 
 
 def config_test_data(config: Path, elements: Optional[List[int]]):
-    """(test dataset, its source files) of a training config: its ``data.test`` files, else the
-    part its molecule split holds out of ``data.train`` (``data.test_fraction``)."""
+    """(test dataset, its source files as the config names them, relative to its ``data.root``) of a
+    training config: its ``data.test`` files, else the part its molecule split holds out of
+    ``data.train`` (``data.test_fraction``)."""
     from transip_openmm.training.config import load_config
     from transip_openmm.training.splits import held_out_test
 
@@ -144,14 +145,14 @@ def config_test_data(config: Path, elements: Optional[List[int]]):
     if not cfg.data.test and cfg.data.test_fraction <= 0.0:
         raise UsageError(f"--test-of {config}: the config names no test data (data.test is empty and "
                          "data.test_fraction is 0)")
-    files = [cfg.resolve(p) for p in (cfg.data.test or cfg.data.train)]
-    missing = [str(p) for p in files if not p.exists()]
+    names = list(cfg.data.test or cfg.data.train)
+    missing = [str(cfg.resolve(p)) for p in names if not cfg.resolve(p).exists()]
     if missing:
         raise DataError(f"--test-of {config}: data file {missing[0]} does not exist")
     dataset = held_out_test(cfg)
     if elements is not None:
         dataset.validate(elements)
-    return dataset, files
+    return dataset, names
 
 
 def run(args: argparse.Namespace) -> int:
@@ -182,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
         latent = latent_equivariance_error(info["checkpoint"], dataset, args.rotation_structures)
         if latent is not None:
             result["latent_equiv_err_rel"] = latent
-    result = {**result, "model": str(args.model), "data": [str(p) for p in data_files],
+    data_source = {"test_of": str(args.test_of)} if args.test_of is not None else {}
+    result = {**result, "model": str(args.model), **data_source, "data": [str(p) for p in data_files],
               "model_info": {k: v for k, v in info.items() if k not in ("metadata", "checkpoint")}}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.json, json.dumps(result, indent=2))

@@ -117,7 +117,9 @@ def test_evaluate_on_the_test_part_of_a_config(trained, tmp_path, capsys):
     out = tmp_path / "test.json"
     assert main(["evaluate", str(trained / "best.ckpt"), "--test-of", str(config), "--json", str(out),
                  "--rotation-structures", "0"]) == 0
-    assert json.loads(out.read_text())["n_structures"] == len(test)
+    result = json.loads(out.read_text())
+    assert result["n_structures"] == len(test)
+    assert result["test_of"] == str(config) and result["data"] == ["acac_mini.xyz"]  # as the config names them
     capsys.readouterr()
     assert main(["evaluate", str(trained / "best.ckpt"), str(TEST_DATA / "acac_mini.xyz"), "--test-of", str(config),
                  "--json", str(tmp_path / "both.json")]) == 2
