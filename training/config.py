@@ -254,6 +254,10 @@ class TrainConfig:
         if self.run.num_workers < 0 or self.run.prefetch_factor < 1:
             raise ConfigError("run.num_workers must be ≥ 0 and run.prefetch_factor ≥ 1, got "
                               f"{self.run.num_workers} and {self.run.prefetch_factor}")
+        if self.data.train_repeats < 1:
+            raise ConfigError(f"data.train_repeats must be at least 1, got {self.data.train_repeats}")
+        if self.data.max_force is not None and not self.data.max_force > 0:
+            raise ConfigError(f"data.max_force must be a positive force in eV/Å or null, got {self.data.max_force}")
         if self.data.stats_sample is not None and self.data.stats_sample < 1:
             raise ConfigError(f"data.stats_sample must be a positive number of structures or null, "
                               f"got {self.data.stats_sample}")

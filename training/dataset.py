@@ -14,12 +14,26 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
+from typing import (
+    Callable,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Protocol,
+    Sequence,
+    Tuple,
+    TypeVar,
+    runtime_checkable,
+)
 
 import numpy as np
 
 from transip_openmm.model import MAX_ABS_CHARGE, MAX_ATOMIC_NUMBER, MAX_MULTIPLICITY
 from transip_openmm.errors import TransIPError
+
+
+T = TypeVar("T")
 
 
 class DataError(TransIPError, ValueError):
@@ -285,3 +299,39 @@ def charge_multiplicity_pairs(dataset: LabelledDataset) -> List[Tuple[int, int]]
     if pairs is not None:
         return sorted(pairs)
     return sorted({(int(m.charge), int(m.multiplicity)) for m in dataset})
+
+
+class _MappedRecords:
+    """Map-style view whose item k is ``fn(dataset[indices[k]])`` (what DataLoader workers compute)."""
+
+    def __init__(self, dataset: LabelledDataset, fn: Callable[[Molecule], T], indices: np.ndarray) -> None:
+        self.dataset = dataset
+        self.fn = fn
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> T:
+        return self.fn(self.dataset[int(self.indices[k])])
+
+
+def _unbatched(item):
+    return item
+
+
+def map_records(dataset: LabelledDataset, fn: Callable[[Molecule], T], indices: Optional[np.ndarray] = None,
+                num_workers: int = 0) -> Iterator[T]:
+    """``fn`` of each record (of ``indices``, default all), in order, one record in memory at a
+    time; ``num_workers`` > 0: DataLoader worker processes decode and apply ``fn`` (a module-level
+    function, so it can be sent to them). The global RNG is left untouched."""
+    import torch
+
+    indices = np.arange(len(dataset), dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
+    source = _MappedRecords(dataset, fn, indices)
+    if num_workers <= 0:
+        for k in range(len(source)):
+            yield source[k]
+        return
+    yield from torch.utils.data.DataLoader(source, batch_size=None, collate_fn=_unbatched, num_workers=num_workers,
+                                           prefetch_factor=64, generator=torch.Generator().manual_seed(0))

@@ -9,46 +9,23 @@ of the accepted ones; nothing else is held in memory.
 from __future__ import annotations
 
 import logging
-from typing import Iterator, Tuple
+from typing import Tuple
 
 import numpy as np
-import torch
-from transip_openmm.training.dataset import LabelledDataset
+from transip_openmm.training.dataset import LabelledDataset, Molecule, map_records
 
 logger = logging.getLogger(__name__)
 
 
-class _MaxForces(torch.utils.data.Dataset):
-    """Item i: the largest atomic force norm (eV/Å) of record i."""
-
-    def __init__(self, dataset: LabelledDataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> float:
-        forces = np.asarray(self.dataset[i].forces, dtype=np.float64)
-        return float(np.sqrt((forces * forces).sum(axis=1).max()))
-
-
-def _identity(item):
-    return item
+def _max_force(mol: Molecule) -> float:
+    forces = np.asarray(mol.forces, dtype=np.float64)
+    return float(np.sqrt((forces * forces).sum(axis=1).max()))
 
 
 def max_forces(dataset: LabelledDataset, num_workers: int = 0) -> np.ndarray:
     """(n,) largest atomic force norm of each record, eV/Å."""
-    source = _MaxForces(dataset)
-    if num_workers <= 0:
-        return np.array([source[i] for i in range(len(source))], dtype=np.float64)
-    loader = torch.utils.data.DataLoader(source, batch_size=None, collate_fn=_identity, num_workers=num_workers,
-                                         prefetch_factor=64, generator=torch.Generator().manual_seed(0))
-    return np.fromiter(_floats(loader), dtype=np.float64, count=len(source))
-
-
-def _floats(loader) -> Iterator[float]:
-    for value in loader:
-        yield float(value)
+    return np.fromiter(map_records(dataset, _max_force, num_workers=num_workers), dtype=np.float64,
+                       count=len(dataset))
 
 
 def drop_large_forces(dataset: LabelledDataset, limit: float, num_workers: int = 0,

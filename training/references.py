@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from typing import Iterator, Mapping, Optional, Tuple
 
 import numpy as np
-import torch
-from transip_openmm.training.dataset import LabelledDataset
+from transip_openmm.training.dataset import LabelledDataset, Molecule, map_records
 
 from transip_openmm.model import MAX_ATOMIC_NUMBER
 
@@ -47,39 +46,19 @@ class DataStatistics:
     n_force: int
 
 
-class _StatsRecords(torch.utils.data.Dataset):
-    """Item i: (element counts (N_Z,) float64, energy eV, has_energy, Σ F² eV²/Å², 3·n_atoms, level of theory)."""
-
-    def __init__(self, dataset: LabelledDataset, indices: np.ndarray) -> None:
-        self.dataset = dataset
-        self.indices = indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> Tuple[np.ndarray, float, bool, float, int, str]:
-        mol = self.dataset[int(self.indices[i])]
-        counts = np.bincount(np.asarray(mol.numbers, dtype=np.int64), minlength=N_Z).astype(np.float64)
-        forces = np.asarray(mol.forces, dtype=np.float64)
-        return (counts, float(mol.energy), bool(mol.has_energy), float(np.sum(forces * forces)), 3 * mol.n_atoms,
-                mol.level_of_theory)
+StatsItem = Tuple[np.ndarray, float, bool, float, int, str]
 
 
-def _first(item):
-    return item
+def _stats_item(mol: Molecule) -> StatsItem:
+    """(element counts (N_Z,) float64, energy eV, has_energy, Σ F² eV²/Å², 3·n_atoms, level of theory)."""
+    counts = np.bincount(np.asarray(mol.numbers, dtype=np.int64), minlength=N_Z).astype(np.float64)
+    forces = np.asarray(mol.forces, dtype=np.float64)
+    return (counts, float(mol.energy), bool(mol.has_energy), float(np.sum(forces * forces)), 3 * mol.n_atoms,
+            mol.level_of_theory)
 
 
-def _records(dataset: LabelledDataset, indices: np.ndarray, num_workers: int
-             ) -> Iterator[Tuple[np.ndarray, float, bool, float, int, str]]:
-    if num_workers <= 0:
-        source = _StatsRecords(dataset, indices)
-        for i in range(len(source)):
-            yield source[i]
-        return
-    loader = torch.utils.data.DataLoader(_StatsRecords(dataset, indices), batch_size=None, collate_fn=_first,
-                                         num_workers=num_workers, prefetch_factor=64,
-                                         generator=torch.Generator().manual_seed(0))  # global RNG untouched
-    yield from loader
+def _records(dataset: LabelledDataset, indices: np.ndarray, num_workers: int) -> Iterator[StatsItem]:
+    return map_records(dataset, _stats_item, indices, num_workers)
 
 
 def sample_indices(n: int, sample: Optional[int], seed: int) -> np.ndarray:

@@ -159,12 +159,8 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
         val = val.subset(range(min(cfg.data.max_val, len(val))))
     extra = open_data(cfg, cfg.data.extra_train) if cfg.data.extra_train else None
     if extra is not None and cfg.data.max_force is not None:
-        if not cfg.data.max_force > 0:
-            raise ConfigError(f"data.max_force must be a positive force in eV/Å or null, got {cfg.data.max_force}")
         extra, _ = drop_large_forces(extra, float(cfg.data.max_force), cfg.run.num_workers, "data.extra_train")
     heads, codes = energy_heads(cfg, train, extra, val)
-    if cfg.data.train_repeats < 1:
-        raise ConfigError(f"data.train_repeats must be at least 1, got {cfg.data.train_repeats}")
     if cfg.data.train_repeats > 1:
         train = concatenate([train] * cfg.data.train_repeats)
     if extra is not None:
@@ -181,11 +177,11 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
         elements = train.elements
     val.validate(elements)  # elements in validation but absent from training are an error
     data_hash = "train:" + train.content_hash() + ";val:" + val.content_hash()
-    if len(heads) > 1:
-        logger.info("multi-fidelity: %d energy heads on one trunk: %s (the first is the default)", len(heads),
-                    ", ".join(heads))
-        return PreparedData(train, val, [int(z) for z in elements], data_hash, heads, codes)
-    return PreparedData(train, val, [int(z) for z in elements], data_hash, [h for h in heads if h])
+    if len(heads) == 1:  # single-level: no head to choose, and an unstated level stays unnamed
+        return PreparedData(train, val, [int(z) for z in elements], data_hash, [h for h in heads if h])
+    logger.info("multi-fidelity: %d energy heads on one trunk: %s (the first is the default)", len(heads),
+                ", ".join(heads))
+    return PreparedData(train, val, [int(z) for z in elements], data_hash, heads, codes)
 
 
 def lr_lambda(warmup: int, total: int, min_ratio: float):
