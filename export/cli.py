@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     from transip_openmm.artifacts import load_checkpoint, model_from_checkpoint
     from transip_openmm.errors import UsageError
+    from transip_openmm.model import level_index
     from transip_openmm.system_spec import build_spec
 
     if Path(args.output).resolve() == Path(args.checkpoint).resolve():
@@ -46,10 +47,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--atoms, --charge and --multiplicity are baked only with --topology; "
                          "for a generic file pass them to TransIPForce instead")
     checkpoint = load_checkpoint(args.checkpoint)  # checked before anything is written
-    levels = list(checkpoint["model_config"].get("energy_levels") or [])
-    if args.level is not None and args.level not in levels:
-        raise UsageError(f"--level {args.level!r}: {args.checkpoint} has energy heads for "
-                         f"{', '.join(repr(x) for x in levels) or 'one unnamed level'}")
+    try:
+        level_index(list(checkpoint["model_config"].get("energy_levels") or []), args.level)
+    except ValueError as exc:
+        raise UsageError(f"--level: {args.checkpoint}: {exc}") from exc
     spec = None
     if args.topology:
         from transip_openmm.export.topology_io import load_structure
