@@ -20,7 +20,10 @@ cases take turns): at the smallest size, the in-memory path and the lazy one wit
 workers, ``--rounds`` rounds; the median per case is reported. Reported: peak RSS of the training process (the
 trainer's own ``peak_memory_MB``, from ``getrusage``), the peak summed PSS of the process and
 its workers (sampled every 0.2 s; shared pages counted once), start-up seconds (opening the
-data, statistics, model) and structures/s (median of the 25-step log windows after step 50).
+data, statistics, model) and structures/s (median of the 25-step log windows after step 50),
+and for each case its paired ratio to the in-memory run of the same round (geometric mean of
+window-by-window ratios: same seed, same batches, so window i holds the same structures in
+every case), whose median over rounds is the throughput comparison.
 Shard indexes are built (in parallel, 2 processes) before the cases and timed separately.
 """
 
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import statistics
 import subprocess
@@ -209,6 +213,7 @@ def run_case(name: str, size: int, train: Path, val: Path, lazy: bool, workers: 
             rates = [float(r["structures_per_s"]) for r in csv.DictReader(f)
                      if r["structures_per_s"] and int(r["step"]) > 50]
         row["structures_per_s"] = statistics.median(rates) if rates else None
+        row["window_structures_per_s"] = [round(r, 1) for r in rates]
     row["load_end"] = load_average()
     logger.info("%s", row)
     return row
@@ -216,19 +221,37 @@ def run_case(name: str, size: int, train: Path, val: Path, lazy: bool, workers: 
 
 # ------------------------------------------------------------------------ main
 
+def paired_ratio(windows: List[float], reference: List[float]) -> float:
+    """Geometric mean over log windows of ``windows[i] / reference[i]``: every case trains on
+    the same batches in the same order (same seed), so window i of two runs holds the same
+    structures, and the ratio removes the spread between batches of different sizes."""
+    pairs = [(a, b) for a, b in zip(windows, reference) if a > 0 and b > 0]
+    return math.exp(statistics.fmean(math.log(a / b) for a, b in pairs))
+
+
 def _median_by_case(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """One row per (case, workers): the median structures/s over the rounds, and the values."""
+    """One row per (case, workers): the median structures/s over the rounds and the values,
+    and the median over rounds of the paired ratio to the in-memory run of the same round."""
     out: Dict[Any, Dict[str, Any]] = {}
+    memory_of_round = {row["round"]: row for row in rows
+                       if row["case"] == "memory" and row.get("window_structures_per_s")}
     for row in rows:
         if row.get("structures_per_s") is None:
             continue
         key = (row["case"], row["workers"])
         entry = out.setdefault(key, {"case": row["case"], "n_structures": row["n_structures"],
-                                     "workers": row["workers"], "values": [], "loads": []})
+                                     "workers": row["workers"], "values": [], "ratios_to_memory": [],
+                                     "loads": []})
         entry["values"].append(round(row["structures_per_s"], 1))
         entry["loads"].append(round(row["load_start"] or 0.0, 1))
+        reference = memory_of_round.get(row["round"])
+        if reference is not None:
+            ratio = paired_ratio(row["window_structures_per_s"], reference["window_structures_per_s"])
+            entry["ratios_to_memory"].append(round(ratio, 3))
     for entry in out.values():
         entry["median_structures_per_s"] = statistics.median(entry["values"])
+        ratios = entry["ratios_to_memory"]
+        entry["median_ratio_to_memory"] = statistics.median(ratios) if ratios else None
     return list(out.values())
 
 
@@ -240,6 +263,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="largest size also run on the in-memory path")
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved rounds of the throughput cases (smallest size)")
+    parser.add_argument("--throughput-only", action="store_true",
+                        help="skip the memory phase (only the throughput rounds at the smallest size)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per case")
     parser.add_argument("--output", type=Path, default=REPO / "runs" / "training_scale")
     parser.add_argument("--json", default=None)
@@ -250,7 +275,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     rows: List[Dict[str, Any]] = []
     sizes = sorted(args.sizes)
     # memory against size: one run per case
-    for size in sizes:
+    for size in [] if args.throughput_only else sizes:
         folder = make_dataset(size)
         meta[f"index_{size}"] = index = build_indexes(folder)
         logger.info("index of %d structures: %.0f s, %.1f MB", size, index["index_s"], index["index_MB"])
@@ -270,11 +295,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             write_json(args.json, rows, meta)
     meta["load_average_end"] = load_average()
     meta["throughput_medians"] = medians = _median_by_case([r for r in rows if r["phase"] == "throughput"])
-    print_table([r for r in rows if r["phase"] == "memory"],
-                ["case", "n_structures", "workers", "peak_rss_MB", "peak_pss_tree_MB", "setup_s", "structures_per_s",
-                 "load_start", "error"])
-    print()
-    print_table(medians, ["case", "n_structures", "workers", "median_structures_per_s", "values", "loads"])
+    if not args.throughput_only:
+        print_table([r for r in rows if r["phase"] == "memory"],
+                    ["case", "n_structures", "workers", "peak_rss_MB", "peak_pss_tree_MB", "setup_s",
+                     "structures_per_s", "load_start", "error"])
+        print()
+    print_table(medians, ["case", "n_structures", "workers", "median_structures_per_s", "median_ratio_to_memory",
+                          "values", "ratios_to_memory", "loads"])
     write_json(args.json, rows, meta)
     return 0
 

@@ -151,7 +151,8 @@ class RunConfig:
     """Logging, validation and checkpoint cadence (in optimiser steps), and how to execute.
 
     ``num_workers``: DataLoader worker processes that decode and collate batches (0: the
-    main process); ``prefetch_factor``: batches each worker prepares ahead. ``precision``:
+    main process); ``prefetch_factor``: messages each worker prepares ahead, a message being
+    ``batching.BATCHES_PER_MESSAGE`` (4) batches. ``precision``:
     ``float32`` or ``bf16`` (the Transformer blocks under bfloat16 autocast; geometry
     features, energies, forces, losses and the master weights stay float32; meant for
     CUDA, allowed on the CPU; see ``precision.py``). These may change between a run and
@@ -167,7 +168,7 @@ class RunConfig:
     threads: Optional[int] = None
     progress: bool = True
     num_workers: int = 0
-    prefetch_factor: int = 4
+    prefetch_factor: int = 2
     precision: str = "float32"
 
 

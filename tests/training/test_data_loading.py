@@ -48,8 +48,10 @@ def test_workers_give_the_batches_of_the_main_process(tmp_path):
         out[workers] = []
         for epoch, start in ((0, 0), (1, 2)):  # persistent workers across epochs, a mid-epoch start
             sampler.set_epoch(epoch, start)
+            assert len(loader) == len(sampler.batches(epoch)) - start
             out[workers].extend(loader)
         assert [b.indices.tolist() for b in out[workers]] == sampler.batches(0) + sampler.batches(1)[2:]
+        assert len(sampler.batches(1)[2:]) % 4 != 0  # a last group shorter than the others
     assert len(out[0]) == len(out[2])
     for a, b in zip(out[0], out[2]):
         for name in ("numbers", "positions", "mask", "charge", "multiplicity", "energy", "forces", "n_atoms"):
