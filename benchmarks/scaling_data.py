@@ -210,6 +210,69 @@ def one_run(base: Path, files: Dict[str, Any], spec: str, size: Optional[int], s
     return row
 
 
+def _read(path: Path):
+    from transip_openmm.training.readers import read_datasets
+
+    return read_datasets([path])
+
+
+def max_atoms_of(base: Path) -> int:
+    return int(yaml.safe_load(base.read_text())["data"].get("max_atoms_per_batch", 384))
+
+
+def mace_seconds_per_step(base: Path, files: Dict[str, Any], probe_steps: int, work: Path) -> float:
+    """CPU seconds per MACE step on the largest training set (cached with the other modes')."""
+    import mace_training
+
+    cache = work / "seconds_per_step.json"
+    rates: Dict[str, float] = json.loads(cache.read_text()) if cache.is_file() else {}
+    if "mace" not in rates:
+        largest = list(files["train"])[-1]
+        rates["mace"] = mace_training.seconds_per_step(_read(files["train"][largest]), _read(files["val"]),
+                                                       files["elements"], max_atoms_of(base), probe_steps)
+        work.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(rates, indent=2))
+    return rates["mace"]
+
+
+def one_mace_run(base: Path, files: Dict[str, Any], size: Optional[int], seed: int, steps: int, out: Path,
+                 rotation_structures: int) -> Dict[str, Any]:
+    """One MACE run on the files of one TransIP run (``mace_training``); its result row."""
+    import mace_training
+
+    result_path = out / "result.json"
+    if result_path.is_file():
+        return json.loads(result_path.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    train = _read(files["train"][size])
+    max_atoms = max_atoms_of(base)
+    result = mace_training.train_mace(train, _read(files["val"]), files["elements"], steps, seed, max_atoms)
+    row = {"mode": "mace", "size": len(train), "seed": seed, "steps": result["steps"],
+           "train_time_s": result["train_wall_s"], "train_cpu_s": result["train_cpu_s"],
+           "structures_per_batch": result["structures_per_batch"], "val_log": result["val_log"],
+           **mace_training.evaluate_mace(result, _read(files["test"]), files["elements"], max_atoms,
+                                         rotation_structures)}
+    row["n_test"] = row.pop("n_structures")
+    result_path.write_text(json.dumps(row, indent=2))
+    return row
+
+
+def run_task(task: Tuple) -> Dict[str, Any]:
+    """One run of the study (a TransIP-trainer mode or MACE), 1 torch thread; its result row."""
+    import torch
+
+    torch.set_num_threads(1)
+    setup_logging()
+    base, files, spec, size, seed, steps, out, rotation_structures = task
+    if spec == "mace":
+        row = one_mace_run(base, files, size, seed, steps, out, rotation_structures)
+    else:
+        row = one_run(base, files, spec, size, seed, steps, out, rotation_structures)
+    logger.info("%s n=%s seed %d: test F MAE %.1f meV/Å (%d steps, %.0f s)", spec, size, seed,
+                row["force_mae_meV_per_A"], row["steps"], row["train_time_s"])
+    return row
+
+
 def aggregate(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """Mean and std over seeds per (mode, size)."""
     groups: Dict[Tuple[str, int], List[Dict[str, Any]]] = {}
@@ -285,6 +348,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--cost-as", default="none=augment",
                         help="MODE=OTHER,...: MODE gets OTHER's measured step cost (none and augment run the "
                              "same computation; separate probes of the two differed by noise)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs in parallel (each 1 thread; steps are set by CPU seconds, so the "
+                             "load of the other runs changes their wall time, not their compute)")
     parser.add_argument("--rotation-structures", type=int, default=20)
     parser.add_argument("--output", type=Path, default=REPO / "runs" / "scaling_data")
     parser.add_argument("--json", default=None)
@@ -303,21 +369,29 @@ def main(argv: Optional[List[str]] = None) -> int:
     sizes = [None if s == "all" else int(s) for s in args.sizes.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     files = prepare_files(args.config, sizes, args.output)
-    rates = seconds_per_step(args.config, files, [s for s in specs if s not in args.cost_as], args.probe_steps,
-                             args.output)
+    rates = seconds_per_step(args.config, files, [s for s in specs if s not in args.cost_as and s != "mace"],
+                             args.probe_steps, args.output)
+    if "mace" in specs:
+        rates["mace"] = mace_seconds_per_step(args.config, files, args.probe_steps, args.output)
     for spec, other in args.cost_as.items():  # modes whose step costs the same by construction
         rates[spec] = rates[other] if other in rates else seconds_per_step(
             args.config, files, [other], args.probe_steps, args.output)[other]
-    rows = []
+    tasks = []
     for size in sizes:
         for spec in specs:
             steps = max(20, int(math.floor(args.budget_s / rates[spec])))
             for seed in seeds:
                 tag = "".join(c if c.isalnum() or c in "._-" else "_" for c in spec)
                 out = args.output / tag / f"n{size or 'all'}" / f"seed{seed}"
-                rows.append(one_run(args.config, files, spec, size, seed, steps, out, args.rotation_structures))
-                logger.info("%s n=%s seed %d: test F MAE %.1f meV/Å (%d steps, %.0f s)", spec, size, seed,
-                            rows[-1]["force_mae_meV_per_A"], rows[-1]["steps"], rows[-1]["train_time_s"])
+                tasks.append((args.config, files, spec, size, seed, steps, out, args.rotation_structures))
+    if args.jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            rows = list(pool.map(run_task, tasks))
+    else:
+        rows = [run_task(task) for task in tasks]
     summary = aggregate(rows)
     print_table(summary, ["mode", "size", "seeds", "steps", "train_s"] + METRICS)
     print(markdown(summary))
