@@ -5,7 +5,8 @@ correlation 3) trained with mace-torch's own model, data and loss code in a plai
 element reference energies fitted by least squares on the training set (mace's
 ``compute_average_E0s``), interaction energy scaled by the RMS force and shifted by the mean
 interaction energy per atom, Adam (amsgrad) with a cosine schedule to the step budget, an
-exponential moving average of the weights, energy weight 1 and force weight 100 (mace's
+exponential moving average of the weights (decay min(0.99, (1 + t)/(10 + t)) at step t, the
+warm-up of mace's own ``torch_ema`` use), energy weight 1 and force weight 100 (mace's
 defaults for ``WeightedEnergyForcesLoss``), float32 like the TransIP runs. The checkpoint with
 the lowest validation force MAE is kept and evaluated on the test part with the same metrics
 code as every other mode (:func:`transip_openmm.training.evaluate.evaluate`).
@@ -173,9 +174,10 @@ def train_mace(train_set, val_set, elements: Sequence[int], steps: int, seed: in
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             optimiser.step()
             schedule.step()
+            decay = min(EMA_DECAY, (1.0 + step) / (10.0 + step))  # warm-up, as mace's torch_ema does
             with torch.no_grad():
                 for p_ema, p in zip(ema.parameters(), model.parameters()):
-                    p_ema.mul_(EMA_DECAY).add_(p, alpha=1.0 - EMA_DECAY)
+                    p_ema.mul_(decay).add_(p, alpha=1.0 - decay)
             train_time += time.process_time() - t0
             train_wall += time.perf_counter() - w0
             step += 1
