@@ -88,15 +88,21 @@ def element_covering_order(dataset, seed: int = 0) -> List[int]:
     return first + order
 
 
-def prepare_files(base: Path, sizes: Sequence[Optional[int]], work: Path) -> Dict[str, Any]:
+def prepare_files(base: Path, sizes: Sequence[Optional[int]], work: Path,
+                  max_force: Optional[float] = None) -> Dict[str, Any]:
     """Split the config's data once (by molecule) and write the size-N training files, the
-    validation and the test files; returns their paths and the element list."""
+    validation and the test files; returns their paths and the element list. With
+    ``max_force`` (eV/Å), records whose largest atomic force exceeds it are dropped from all
+    three parts before the split."""
     from transip_openmm.training.config import load_config
+    from transip_openmm.training.filters import drop_large_forces
     from transip_openmm.training.readers import read_datasets
     from transip_openmm.training.splits import config_parts
 
     cfg = load_config(base)
     full = read_datasets([cfg.resolve(p) for p in cfg.data.train])
+    if max_force is not None:
+        full, _ = drop_large_forces(full, max_force, what="study data")
     train, val, test = config_parts(cfg, full)
     order = element_covering_order(train)
     data_dir = work / "data"
@@ -352,6 +358,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="runs in parallel (each 1 thread; steps are set by CPU seconds, so the "
                              "load of the other runs changes their wall time, not their compute)")
     parser.add_argument("--rotation-structures", type=int, default=20)
+    parser.add_argument("--max-force", type=float, default=None,
+                        help="eV/Å: drop records with a larger atomic force from train, validation and test "
+                             "(e.g. a generated corpus's close contacts deep in the repulsive wall)")
     parser.add_argument("--output", type=Path, default=REPO / "runs" / "scaling_data")
     parser.add_argument("--json", default=None)
     parser.add_argument("--plot", type=Path, default=None)
@@ -368,7 +377,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     specs = list(args.modes)
     sizes = [None if s == "all" else int(s) for s in args.sizes.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
-    files = prepare_files(args.config, sizes, args.output)
+    files = prepare_files(args.config, sizes, args.output, args.max_force)
     rates = seconds_per_step(args.config, files, [s for s in specs if s not in args.cost_as and s != "mace"],
                              args.probe_steps, args.output)
     if "mace" in specs:
@@ -397,7 +406,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(markdown(summary))
     meta = machine_info()
     meta.update({"benchmark": "scaling_data", "command": " ".join(sys.argv), "budget_s": args.budget_s,
-                 "seconds_per_step": rates, "config": str(args.config),
+                 "seconds_per_step": rates, "config": str(args.config.resolve().relative_to(REPO))
+                 if args.config.resolve().is_relative_to(REPO) else args.config.name, "max_force": args.max_force,
                  "load_average_1min_end": load_average()})
     write_json(args.json, rows + [{"summary": s} for s in summary], meta)
     if args.plot is not None:
