@@ -97,10 +97,12 @@ def prepare_files(base: Path, sizes: Sequence[Optional[int]], work: Path,
     from transip_openmm.training.config import load_config
     from transip_openmm.training.filters import drop_large_forces
     from transip_openmm.training.readers import read_datasets
+    from transip_openmm.training.shards import find_shards
     from transip_openmm.training.splits import config_parts
 
     cfg = load_config(base)
-    full = read_datasets([cfg.resolve(p) for p in cfg.data.train])
+    paths = [cfg.resolve(p) for p in cfg.data.train]
+    full = read_datasets([f for p in paths for f in (find_shards(p) if p.is_dir() else [p])])  # a folder: its shards
     if max_force is not None:
         full, _ = drop_large_forces(full, max_force, what="study data")
     train, val, test = config_parts(cfg, full)
