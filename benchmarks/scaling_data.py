@@ -96,13 +96,12 @@ def prepare_files(base: Path, sizes: Sequence[Optional[int]], work: Path,
     three parts before the split."""
     from transip_openmm.training.config import load_config
     from transip_openmm.training.filters import drop_large_forces
-    from transip_openmm.training.readers import read_datasets
-    from transip_openmm.training.shards import find_shards
     from transip_openmm.training.splits import config_parts
+    from transip_openmm.training.trainer import open_data
 
     cfg = load_config(base)
-    paths = [cfg.resolve(p) for p in cfg.data.train]
-    full = read_datasets([f for p in paths for f in (find_shards(p) if p.is_dir() else [p])])  # a folder: its shards
+    cfg.data.lazy = False  # files, folders and globs as the trainer reads them, all in memory
+    full = open_data(cfg, cfg.data.train)
     if max_force is not None:
         full, _ = drop_large_forces(full, max_force, what="study data")
     train, val, test = config_parts(cfg, full)
