@@ -96,19 +96,21 @@ def prepare_files(base: Path, sizes: Sequence[Optional[int]], work: Path,
     three parts before the split."""
     from transip_openmm.training.config import load_config
     from transip_openmm.training.filters import drop_large_forces
-    from transip_openmm.training.splits import config_parts
+    from transip_openmm.training.splits import config_parts, molecule_key
     from transip_openmm.training.trainer import open_data
 
     cfg = load_config(base)
     cfg.data.lazy = False  # files, folders and globs as the trainer reads them, all in memory
     full = open_data(cfg, cfg.data.train)
+    dropped = 0
     if max_force is not None:
-        full, _ = drop_large_forces(full, max_force, what="study data")
+        full, dropped = drop_large_forces(full, max_force, what="study data")
     train, val, test = config_parts(cfg, full)
     order = element_covering_order(train)
     data_dir = work / "data"
     files: Dict[str, Any] = {"val": data_dir / "val.xyz", "test": data_dir / "test.xyz",
-                             "elements": [int(z) for z in full.elements], "train": {}}
+                             "elements": [int(z) for z in full.elements], "train": {},
+                             "split": split_summary({"train": train, "val": val, "test": test}, molecule_key, dropped)}
     for size in sizes:
         n = len(train) if size is None else min(size, len(train))
         files["train"][size] = data_dir / f"train_{n}.xyz"
@@ -118,6 +120,17 @@ def prepare_files(base: Path, sizes: Sequence[Optional[int]], work: Path,
         if not files[part].is_file():
             write_extxyz(ds, files[part])
     return files
+
+
+def split_summary(parts: Dict[str, Any], key, dropped: int) -> Dict[str, Any]:
+    """Structures and molecule keys per part, the records dropped by the force filter, and the
+    test part's zero-force MAE (meV/Å: the error of predicting no force at all)."""
+    summary: Dict[str, Any] = {"dropped_by_max_force": int(dropped)}
+    for name, ds in parts.items():
+        summary[name] = {"structures": len(ds), "molecules": len({key(m) for m in ds})}
+    test_forces = np.concatenate([np.asarray(m.forces) for m in parts["test"]])
+    summary["test_zero_force_mae_meV_per_A"] = float(1000.0 * np.abs(test_forces).mean())
+    return summary
 
 
 def run_config(base: Path, files: Dict[str, Any], spec: str, size: Optional[int], seed: int,
@@ -409,6 +422,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     meta.update({"benchmark": "scaling_data", "command": " ".join(sys.argv), "budget_s": args.budget_s,
                  "seconds_per_step": rates, "config": str(args.config.resolve().relative_to(REPO))
                  if args.config.resolve().is_relative_to(REPO) else args.config.name, "max_force": args.max_force,
+                 "split": files["split"],
                  "load_average_1min_end": load_average()})
     write_json(args.json, rows + [{"summary": s} for s in summary], meta)
     if args.plot is not None:

@@ -55,6 +55,8 @@ def test_prepare_files_drops_large_forces_from_every_part_and_splits_by_molecule
     parts = {name: read_datasets([files[name]]) for name in ("val", "test")}
     parts["train"] = read_datasets([files["train"][None]])
     assert sum(len(p) for p in parts.values()) == 36  # 48 records, the 12 with an 80 eV/Å force dropped
+    assert files["split"]["dropped_by_max_force"] == 12
+    assert sum(files["split"][name]["structures"] for name in ("train", "val", "test")) == 36
     for part in parts.values():
         assert max(float(np.abs(m.forces).max()) for m in part) < 30.0
     assert not _families(files["val"]) & _families(files["test"])
